@@ -1,0 +1,1 @@
+from xaikit.cli import main; import sys; sys.exit(main())

@@ -1,0 +1,80 @@
+"""The ``xaikit`` command line: a thin layer that parses, calls the API, prints and exits.
+
+Each command lives in its own module of this package with four names:
+``NAME`` (the sub-command), ``HELP`` (one line for ``xaikit --help``),
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
+
+Exit codes: 0 success; 2 bad usage or input (one line on stderr, no traceback);
+1 an internal error (a bug: the traceback is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import NoReturn
+
+from xaikit._version import __version__
+from xaikit.errors import XaikitError
+
+# Order is the order of ``xaikit --help``.
+COMMAND_MODULES = ["zoo", "layers"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(XaikitError):
+    """Raised by the argument parser instead of printing usage and exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, raised, not printed with the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _commands() -> list[ModuleType]:
+    return [importlib.import_module(f"xaikit.cli.{name}") for name in COMMAND_MODULES]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with one sub-parser per command module."""
+    parser = _Parser(
+        prog="xaikit",
+        description="Explainable AI for convolutional and recurrent networks: train small "
+        "reference models, generate heatmaps, inspect learned filters.",
+        epilog="Every command has --help. Exit codes: 0 ok, 2 bad usage or input, "
+        "1 internal error.",
+    )
+    parser.add_argument("--version", action="version", version=f"xaikit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in _commands():
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xaikit`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_OK
+        return int(args._run(args) or EXIT_OK)
+    except XaikitError as err:
+        print(f"xaikit: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("xaikit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The one hook mechanism of xaikit: capture what layers output, remove every hook after.
+
+:class:`Capture` registers a forward hook on each chosen layer for the duration of a
+``with`` block. Each captured output is cut from the graph before it and made a leaf that
+requires grad (``detach().requires_grad_()``), so
+
+* ``torch.autograd.grad(score, capture.activations[name])`` backpropagates only from the
+  output to the layer - never further, and never into parameters;
+* it works inside ``torch.no_grad()`` callers and on frozen models (the context that runs the
+  forward enables grad);
+* the layer passes on a clone, so in-place operations after it (``ReLU(inplace=True)``) do
+  not touch the captured tensor.
+
+With ``stop=True`` the forward pass ends at the last captured layer: nothing after it runs.
+Gradient hooks are never registered on modules (module full-backward hooks break with
+in-place operations); gradients are asked of autograd directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from xaikit.errors import XaikitConfigError
+
+
+class StopForward(Exception):
+    """Raised by a capture hook to end a forward pass early (caught by :meth:`Capture.run`)."""
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    """The tensor a layer produced: itself, or the first element of a tuple (``nn.LSTM``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise XaikitConfigError(
+        f"the chosen layer outputs {type(output).__name__}, not a tensor; choose a layer "
+        "whose output is a tensor"
+    )
+
+
+class Capture:
+    """Capture the outputs of ``layers`` during forward passes run inside the block.
+
+    Args:
+        model: the network.
+        layers: ``{name: module}`` to capture.
+        grad: make each captured output a leaf that requires grad (for gradients w.r.t.
+            activations); otherwise store it detached.
+        stop: end the forward pass once every layer has been captured.
+
+    Example::
+
+        with Capture(model, {"features": model.features}, grad=True) as cap:
+            logits = cap.run(images)
+            acts = cap.activations["features"]            # (N, C, h, w), requires grad
+            grads, = torch.autograd.grad(logits[:, 3].sum(), acts)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Mapping[str, nn.Module],
+        *,
+        grad: bool = False,
+        stop: bool = False,
+    ) -> None:
+        self.model = model
+        self.layers = dict(layers)
+        self.grad = grad
+        self.stop = stop
+        self.activations: dict[str, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+
+    def __enter__(self) -> Capture:
+        try:
+            for name, module in self.layers.items():
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook this capture registered (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            tensor = _first_tensor(output)
+            if self.grad:
+                leaf = tensor.detach().requires_grad_(True)
+                self.activations[name] = leaf
+                passed_on = leaf.clone()
+            else:
+                self.activations[name] = tensor.detach()
+                passed_on = None
+            if self.stop and len(self.activations) == len(self.layers):
+                raise StopForward
+            if passed_on is None:
+                return None
+            if isinstance(output, torch.Tensor):
+                return passed_on
+            return (passed_on, *output[1:])
+
+        return hook
+
+    def run(self, *inputs: Any, **kwargs: Any) -> Any:
+        """Run the model forward and check that every layer ran.
+
+        Returns the model's output, or ``None`` when ``stop=True`` ended the pass early.
+        """
+        self.activations.clear()
+        output = None
+        with torch.enable_grad() if self.grad else torch.no_grad():
+            try:
+                output = self.model(*inputs, **kwargs)
+            except StopForward:
+                output = None
+        missing = [name for name in self.layers if name not in self.activations]
+        if missing:
+            raise XaikitConfigError(
+                f"layer(s) {', '.join(missing)} never ran in the forward pass; choose a layer "
+                "that the model calls (see `xaikit layers`)"
+            )
+        return output
+
+
+def hook_count(model: nn.Module) -> int:
+    """How many forward / backward / pre-hooks are registered on ``model``'s modules."""
+    total = 0
+    for module in model.modules():
+        total += len(module._forward_hooks) + len(module._forward_pre_hooks)
+        total += len(module._backward_hooks) + len(getattr(module, "_backward_pre_hooks", {}))
+    return total
+
+
+def iter_hooks(model: nn.Module) -> Iterator[tuple[str, str]]:
+    """Yield ``(module name, hook kind)`` for every registered hook (for error messages)."""
+    for name, module in model.named_modules():
+        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
+            for _ in getattr(module, kind):
+                yield name, kind

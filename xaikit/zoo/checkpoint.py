@@ -1,0 +1,269 @@
+"""Safe, self-describing checkpoints: weights in safetensors, a JSON model card beside them.
+
+``save_model(model, "runs/a/model")`` writes ``runs/a/model.safetensors`` (tensors only) and
+``runs/a/model.json`` (the card: architecture and config, task, class names, input shape,
+normalization, training recipe and seed, metrics, xaikit version). Loading parses the
+safetensors header and the JSON, rebuilds the architecture from the card through the zoo's
+factory and loads the tensors: no pickle is ever read, so a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from xaikit._version import __version__
+from xaikit.errors import CheckpointError
+from xaikit.io import atomic_path, atomic_write_json
+from xaikit.zoo.heads import get_task
+from xaikit.zoo.registry import TORCHVISION_PREFIX, create_model
+
+CARD_FORMAT = "xaikit-model-card"
+CARD_VERSION = 1
+WEIGHTS_SUFFIX = ".safetensors"
+CARD_SUFFIX = ".json"
+# A safetensors header larger than this is not a real checkpoint of ours.
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
+
+
+def shipped_models_dir() -> Path:
+    """The folder of shipped reference models: ``$XAIKIT_MODELS_DIR`` or the repository's
+    ``models/``."""
+    env = os.environ.get("XAIKIT_MODELS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+def list_shipped_models() -> list[str]:
+    """Names of the reference models that ``load_model(name)`` finds."""
+    folder = shipped_models_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.stem for p in folder.glob(f"*{WEIGHTS_SUFFIX}") if p.with_suffix(CARD_SUFFIX).exists()
+    )
+
+
+def _base_path(path: str | os.PathLike[str]) -> Path:
+    """``x``, ``x.safetensors`` or ``x.json`` -> ``x`` (the stem both files share)."""
+    p = Path(path)
+    if p.suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX):
+        return p.with_suffix("")
+    return p
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _spec_of(model: nn.Module) -> dict[str, Any]:
+    spec = getattr(model, "spec", None)
+    if not spec or "name" not in spec:
+        raise CheckpointError(
+            "this model has no .spec (build it with xaikit.create_model so its architecture "
+            "can be written into the model card)"
+        )
+    return dict(spec)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike[str], **card: Any) -> Path:
+    """Write ``model``'s weights and its model card; returns the ``.safetensors`` path.
+
+    Args:
+        model: a model built by :func:`xaikit.create_model` (it carries ``model.spec``).
+        path: ``dir/name`` or ``dir/name.safetensors``; ``dir/name.json`` holds the card.
+        **card: extra card fields, e.g. ``class_names``, ``input_shape``,
+            ``normalization={"mean": [...], "std": [...]}``, ``recipe``, ``seed``,
+            ``metrics``. They override the fields derived from the model.
+
+    Both files are written atomically; the card records the weights' SHA-256 so a card and
+    weights that do not belong together are caught on load.
+    """
+    spec = _spec_of(model)
+    base = _base_path(path)
+    weights_path = base.with_name(base.name + WEIGHTS_SUFFIX)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(weights_path) as tmp:
+        save_file(state, str(tmp), metadata={"format": CARD_FORMAT})
+    task = get_task(model)
+    full_card: dict[str, Any] = {
+        "format": CARD_FORMAT,
+        "format_version": CARD_VERSION,
+        "architecture": spec.pop("name"),
+        "config": spec,
+        "task": task.name,
+        "num_classes": spec.get("num_classes"),
+        "class_names": None,
+        "input_shape": None,
+        "normalization": None,
+        "recipe": None,
+        "seed": None,
+        "metrics": {},
+        "xaikit_version": __version__,
+        "torch_version": torch.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    full_card.update(card)
+    full_card["weights_file"] = weights_path.name
+    full_card["weights_sha256"] = _sha256(weights_path)
+    atomic_write_json(base.with_name(base.name + CARD_SUFFIX), full_card)
+    return weights_path
+
+
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check the JSON model card beside a checkpoint."""
+    card_path = _base_path(path).with_name(_base_path(path).name + CARD_SUFFIX)
+    if not card_path.exists():
+        raise CheckpointError(f"{card_path}: model card not found (it sits beside the weights)")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{card_path}: not a valid JSON model card ({err})") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise CheckpointError(f"{card_path}: not an xaikit model card (no format field)")
+    for key in ("architecture", "config"):
+        if key not in card:
+            raise CheckpointError(f"{card_path}: the model card has no {key!r} field")
+    return card
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse anything that is not a well-formed safetensors file, before parsing it."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(
+            f"{path}: this is a pickle or torch.save file, not safetensors; xaikit never "
+            "unpickles checkpoints (pickles can run code). Convert it with safetensors first."
+        )
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: file is empty or truncated (no safetensors header)")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len > min(size - 8, _MAX_HEADER_BYTES):
+        raise CheckpointError(
+            f"{path}: not a safetensors file or truncated (header of {header_len} bytes in a "
+            f"file of {size} bytes)"
+        )
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load the tensors of a ``.safetensors`` file, refusing pickles and damaged files."""
+    weights_path = Path(path)
+    if not weights_path.exists():
+        raise CheckpointError(f"{weights_path}: checkpoint not found")
+    _check_safetensors_header(weights_path)
+    try:
+        return load_file(str(weights_path))
+    except (SafetensorError, ValueError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"{weights_path}: corrupt or truncated safetensors ({err})") from None
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
+    """Return the ``.safetensors`` path for a shipped model name or a checkpoint path."""
+    raw = Path(name_or_path)
+    if raw.is_dir():
+        candidates = sorted(raw.glob(f"*{WEIGHTS_SUFFIX}"))
+        preferred = [p for p in candidates if p.stem in ("best", "model")]
+        if preferred or len(candidates) == 1:
+            return (preferred or candidates)[0]
+        raise CheckpointError(
+            f"{raw}: expected one checkpoint in this folder, found {len(candidates)}"
+        )
+    base = _base_path(raw)
+    weights = base.with_name(base.name + WEIGHTS_SUFFIX)
+    if weights.exists():
+        return weights
+    if raw.exists():
+        # The user named a file that is not a .safetensors/.json: inspect it as weights.
+        return raw
+    if raw.parent == Path(".") and raw.suffix == "":
+        shipped = shipped_models_dir() / f"{raw.name}{WEIGHTS_SUFFIX}"
+        if shipped.exists():
+            return shipped
+        known = ", ".join(list_shipped_models()) or "none installed"
+        raise CheckpointError(
+            f"no reference model or checkpoint named {str(name_or_path)!r} (reference models: "
+            f"{known}; or give a path to a .safetensors checkpoint, or 'torchvision:<name>')"
+        )
+    raise CheckpointError(f"{raw}: checkpoint not found")
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_model`, a shipped model, or torchvision.
+
+    Args:
+        name_or_path: a reference model name (``"shapes-multilabel"``), a path to a
+            checkpoint (``dir/model``, ``dir/model.safetensors`` or a folder holding one), or
+            ``"torchvision:<name>"`` (random weights; pass ``weights`` via ``create_model``
+            for pretrained ones).
+        device: where to put the model.
+
+    Returns:
+        ``(model, card)``: the model in eval mode, and its model card as a dict.
+
+    Raises:
+        CheckpointError: the file is missing, not safetensors (a pickle is refused without
+            being read), truncated, or its tensors do not fit the architecture in its card.
+    """
+    text = str(name_or_path)
+    if text.startswith(TORCHVISION_PREFIX):
+        model = create_model(text, num_classes=1000)
+        card = {
+            "format": CARD_FORMAT,
+            "architecture": text,
+            "config": {"num_classes": 1000},
+            "task": "multiclass",
+            "num_classes": 1000,
+            "input_shape": [3, 224, 224],
+            "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "weights": "random",
+        }
+        return model.to(device).eval(), card
+    weights_path = resolve_checkpoint(name_or_path)
+    state = load_weights(weights_path)
+    card = read_card(weights_path)
+    sha = card.get("weights_sha256")
+    if sha is not None and sha != _sha256(weights_path):
+        raise CheckpointError(
+            f"{weights_path}: the weights do not match their model card (SHA-256 differs); "
+            "the file was changed or belongs to another card"
+        )
+    config = dict(card["config"])
+    try:
+        model = create_model(card["architecture"], **config)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(
+            f"{weights_path}: the model card describes an architecture xaikit cannot build "
+            f"({err})"
+        ) from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
+        raise CheckpointError(
+            f"{weights_path}: the weights do not fit the architecture in the model card "
+            f"({detail})"
+        ) from None
+    return model.to(device).eval(), card
