@@ -1,1 +1,7 @@
-from xaikit.cli import main; import sys; sys.exit(main())
+"""``python -m xaikit`` runs the command line."""
+
+import sys
+
+from xaikit.cli import main
+
+sys.exit(main())

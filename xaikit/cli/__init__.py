@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line, raised, not printed with the usage."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise UsageError(f"{self.prog}: error: {message} (see '{self.prog} --help')")
 
 
 def _commands() -> list[ModuleType]:
@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return EXIT_OK
         return int(args._run(args) or EXIT_OK)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return EXIT_USAGE
     except XaikitError as err:
         print(f"xaikit: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -51,6 +51,12 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     Rows are in execution order (when each module's forward finished); modules that never
     ran come last with ``order=-1``. The model's state is borrowed and restored.
     """
+    return _trace(model, example)[0]
+
+
+def _trace(
+    model: nn.Module, example: torch.Tensor
+) -> tuple[list[LayerInfo], tuple[int, ...] | None]:
     finished: dict[str, tuple[int, tuple[int, ...] | None]] = {}
     handles = []
 
@@ -65,7 +71,7 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
             if name:
                 handles.append(module.register_forward_hook(recorder(name)))
         with borrowed(model), torch.no_grad():
-            model(example.to(model_device(model)))
+            output_shape = _shape(model(example.to(model_device(model))))
     finally:
         for handle in handles:
             handle.remove()
@@ -77,7 +83,7 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
         params = sum(p.numel() for p in module.parameters())
         rows.append(LayerInfo(name, type(module).__name__, shape, params, order))
     ran = sorted((r for r in rows if r.order >= 0), key=lambda r: r.order)
-    return ran + [r for r in rows if r.order < 0]
+    return ran + [r for r in rows if r.order < 0], output_shape
 
 
 def _is_spatial(shape: tuple[int, ...] | None, input_dims: int) -> bool:
@@ -105,11 +111,10 @@ def auto_layer(model: nn.Module, example: torch.Tensor) -> str:
     cached = _AUTO_CACHE.setdefault(model, {})
     if key in cached:
         return cached[key]
-    rows = trace_layers(model, example[:1])
+    rows, output_shape = _trace(model, example[:1])
     ran = [r for r in rows if r.order >= 0]
     modules = dict(model.named_modules())
-    final = ran[-1].output_shape if ran else None
-    num_outputs = final[-1] if final else None
+    num_outputs = output_shape[-1] if output_shape else None
     scope = "features." if isinstance(getattr(model, "features", None), nn.Module) else ""
     candidates = [
         r
@@ -157,7 +162,9 @@ def resolve_layer(
         return layer, modules[layer]
     names = layer_names(model)
     close = difflib.get_close_matches(str(layer), names, n=5, cutoff=0.4)
-    hint = f"closest: {', '.join(close)}" if close else f"valid names include: {', '.join(names[-8:])}"
+    hint = (
+        f"closest: {', '.join(close)}" if close else f"valid names include: {', '.join(names[-8:])}"
+    )
     raise XaikitConfigError(
         f"model has no layer named {layer!r}; {hint} (`xaikit layers --model M` lists all)"
     )

@@ -254,8 +254,7 @@ def load_model(
         raise
     except Exception as err:
         raise CheckpointError(
-            f"{weights_path}: the model card describes an architecture xaikit cannot build "
-            f"({err})"
+            f"{weights_path}: the model card describes an architecture xaikit cannot build ({err})"
         ) from None
     try:
         model.load_state_dict(state, strict=True)
@@ -263,7 +262,6 @@ def load_model(
         first = str(err).strip().splitlines()
         detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
         raise CheckpointError(
-            f"{weights_path}: the weights do not fit the architecture in the model card "
-            f"({detail})"
+            f"{weights_path}: the weights do not fit the architecture in the model card ({detail})"
         ) from None
     return model.to(device).eval(), card

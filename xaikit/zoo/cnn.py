@@ -59,7 +59,6 @@ class SimpleCNN(ZooModel):
         dropout: float = 0.0,
         dims: int = 2,
     ) -> None:
-        super().__init__()
         _check_input_size(input_size)
         widths = _check_widths(widths, 2, 4, "simple_cnn")
         blocks: dict[str, nn.Module] = {}
@@ -77,6 +76,9 @@ class SimpleCNN(ZooModel):
                 pool=pool if do_pool else None,
             )
             size, channels = (size // 2 if do_pool else size), width
+        pools = sum(1 for b in blocks.values() if hasattr(b, "pool"))
+        super().__init__(in_channels, min_size=2**pools)
+        self.sample_dims = dims + 1
         self.features = nn.Sequential()
         for name, block in blocks.items():
             self.features.add_module(name, block)
@@ -112,7 +114,7 @@ class VGGSmall(ZooModel):
         input_size: int = 32,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels)
         _check_input_size(input_size)
         widths = _check_widths(widths, 1, 5, "vgg_small")
         if convs_per_stage < 1:
@@ -130,6 +132,7 @@ class VGGSmall(ZooModel):
             if s < len(widths) and size >= MIN_INPUT_SIZE:
                 stage.add_module("pool", nn.MaxPool2d(2))
                 size //= 2
+                self.min_size *= 2
             self.features.add_module(f"stage{s}", stage)
         self.head = ClassifierHead(channels, num_classes, task, dropout=dropout)
 
@@ -157,7 +160,7 @@ class ResNetSmall(ZooModel):
         input_size: int = 32,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels, min_size=4 if input_size >= 128 else 1)
         _check_input_size(input_size)
         widths = _check_widths(widths, 1, 4, "resnet_small")
         if blocks_per_stage < 1:

@@ -35,7 +35,11 @@ _REGISTRY: dict[str, ArchInfo] = {}
 
 
 def register_model(
-    name: str, builder: Callable[..., nn.Module], *, input_kind: str, description: str,
+    name: str,
+    builder: Callable[..., nn.Module],
+    *,
+    input_kind: str,
+    description: str,
     example_input: tuple[int, ...],
 ) -> None:
     """Add an architecture to the zoo under ``name`` (which must be new)."""
@@ -45,24 +49,38 @@ def register_model(
 
 
 register_model(
-    "simple_cnn", SimpleCNN, input_kind="image", example_input=(3, 32, 32),
+    "simple_cnn",
+    SimpleCNN,
+    input_kind="image",
+    example_input=(3, 32, 32),
     description="2-4 conv blocks (conv-BN-act-maxpool) + global average pooling",
 )
 register_model(
-    "vgg_small", VGGSmall, input_kind="image", example_input=(3, 32, 32),
+    "vgg_small",
+    VGGSmall,
+    input_kind="image",
+    example_input=(3, 32, 32),
     description="VGG-style stages of 3x3 conv blocks + max-pool, global average pooling",
 )
 register_model(
-    "resnet_small", ResNetSmall, input_kind="image", example_input=(3, 32, 32),
+    "resnet_small",
+    ResNetSmall,
+    input_kind="image",
+    example_input=(3, 32, 32),
     description="ResNet-20 style residual network (3 stages of basic blocks)",
 )
 register_model(
-    "simple_cnn1d", SimpleCNN1d, input_kind="signal", example_input=(1, 40),
+    "simple_cnn1d",
+    SimpleCNN1d,
+    input_kind="signal",
+    example_input=(1, 40),
     description="simple_cnn with 1-D convolutions, for signals (N, C, L)",
 )
 for _cell, _paper in (("lstm", "LSTM"), ("gru", "GRU"), ("rnn", "plain tanh RNN")):
     register_model(
-        _cell, partial(RecurrentClassifier, cell=_cell), input_kind="sequence",
+        _cell,
+        partial(RecurrentClassifier, cell=_cell),
+        input_kind="sequence",
         example_input=(40, 1),
         description=f"{_paper} sequence classifier (N, T, F), pooling over time",
     )
@@ -105,24 +123,33 @@ def create_model(
         The model, in train mode, with ``model.spec`` holding the arguments that rebuild it.
     """
     if name.startswith(TORCHVISION_PREFIX):
-        model = _torchvision_model(name[len(TORCHVISION_PREFIX):], num_classes, task,
-                                   in_channels, **config)
+        model = _torchvision_model(
+            name[len(TORCHVISION_PREFIX) :], num_classes, task, in_channels, **config
+        )
     else:
         info = arch_info(name)
         try:
-            model = info.builder(num_classes=num_classes, task=task, in_channels=in_channels,
-                                 **config)
+            model = info.builder(
+                num_classes=num_classes, task=task, in_channels=in_channels, **config
+            )
         except TypeError as err:
             raise XaikitConfigError(f"{name}: {err}") from None
     model.spec = {
-        "name": name, "num_classes": num_classes, "task": task, "in_channels": in_channels,
+        "name": name,
+        "num_classes": num_classes,
+        "task": task,
+        "in_channels": in_channels,
         **config,
     }
     return model
 
 
 def _torchvision_model(
-    name: str, num_classes: int, task: str, in_channels: int, weights: str | None = None,
+    name: str,
+    num_classes: int,
+    task: str,
+    in_channels: int,
+    weights: str | None = None,
     **config: Any,
 ) -> nn.Module:
     import torchvision
@@ -142,8 +169,9 @@ def _torchvision_model(
             "pretrained torchvision weights have 1000 ImageNet classes; pass num_classes=1000"
         )
     try:
-        return torchvision.models.get_model(name, weights=weights, num_classes=num_classes,
-                                            **config)
+        return torchvision.models.get_model(
+            name, weights=weights, num_classes=num_classes, **config
+        )
     except (OSError, RuntimeError) as err:
         # urllib's URLError is an OSError: there is no network or the server refused.
         raise CheckpointError(

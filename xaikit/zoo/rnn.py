@@ -106,7 +106,9 @@ class RecurrentClassifier(ZooModel):
         dropout: float = 0.0,
         pooling: str = "last",
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels)
+        self.sample_dims = 2
+        self.channel_axis = -1
         if hidden_size < 1 or num_layers < 1:
             raise XaikitConfigError("hidden_size and num_layers must be positive")
         self.features = RecurrentEncoder(

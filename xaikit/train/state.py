@@ -1,0 +1,212 @@
+"""The training state that makes a resumed run continue exactly, stored without pickle.
+
+A checkpoint ``<dir>/last`` is four files:
+
+- ``last.safetensors`` + ``last.json``: the model and its card (:func:`xaikit.zoo.checkpoint.
+  save_model`), loadable on its own;
+- ``last.train.safetensors``: every tensor of the training state (optimizer moments, RNG
+  states);
+- ``last.train.json``: everything else (epoch, history, scheduler, early-stopping counters,
+  and the skeleton of the optimizer state with a ``{"__tensor__": key}`` in place of each
+  tensor), plus the SHA-256 of ``last.safetensors`` so a state never pairs with other
+  weights.
+
+Loading reads JSON and safetensors only; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from xaikit.errors import CheckpointError
+from xaikit.io import atomic_path, atomic_write_json
+
+STATE_FORMAT = "xaikit-train-state/1"
+
+
+def model_file(stem: Path) -> Path:
+    """``<stem>.safetensors``: the weights written by ``save_model(model, stem)``."""
+    return stem.with_name(stem.name + ".safetensors")
+
+
+def state_files(stem: Path) -> tuple[Path, Path]:
+    """``(<stem>.train.safetensors, <stem>.train.json)``."""
+    return stem.with_name(stem.name + ".train.safetensors"), stem.with_name(
+        stem.name + ".train.json"
+    )
+
+
+def checkpoint_stem(path: str | Path) -> Path:
+    """The stem of a checkpoint given as its folder (``<dir>/last``), its stem or any of its
+    files (``last.safetensors``, ``last.json``, ``last.train.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "last"
+    for suffix in (".train.safetensors", ".train.json", ".safetensors", ".json"):
+        if path.name.endswith(suffix):
+            return path.with_name(path.name[: -len(suffix)])
+    return path
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- state trees <-> (JSON, tensors) ------------------------------------------------------
+
+
+def encode(obj: Any, tensors: dict[str, torch.Tensor], key: str = "") -> Any:
+    """A JSON-ready copy of ``obj`` whose tensors are moved into ``tensors``.
+
+    Tuples and dicts with non-string keys (an optimizer's ``state`` is keyed by parameter
+    index) are tagged so :func:`decode` rebuilds them with the same types.
+    """
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode(v, tensors, f"{key}/{k}") for k, v in obj.items()}
+        return {
+            "__items__": [
+                [encode(k, tensors, f"{key}/k{i}"), encode(v, tensors, f"{key}/{k}")]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [encode(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise CheckpointError(
+        f"cannot store {type(obj).__name__} at {key or '/'} in a training checkpoint "
+        "(only tensors, numbers, strings, lists and dicts are kept)"
+    )
+
+
+def decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Invert :func:`encode`."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__tuple__" in obj:
+            return tuple(decode(v, tensors) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {decode(k, tensors): decode(v, tensors) for k, v in obj["__items__"]}
+        return {k: decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode(v, tensors) for v in obj]
+    return obj
+
+
+def save_training_state(stem: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` beside the model saved at ``stem``, bound to it by its SHA-256.
+
+    Call after the model files are written. Each file is written atomically; the JSON goes
+    last, so a state that a crash cut short is detected by :func:`load_training_state`.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = encode(state, tensors)
+    tensor_path, json_path = state_files(stem)
+    with atomic_path(tensor_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT})
+    atomic_write_json(
+        json_path,
+        {
+            "format": STATE_FORMAT,
+            "model_sha256": sha256(model_file(stem)),
+            "tensors_sha256": sha256(tensor_path),
+            "state": skeleton,
+        },
+    )
+
+
+def load_training_state(stem: Path) -> dict[str, Any]:
+    """Read the state saved by :func:`save_training_state` and check it fits the model file."""
+    tensor_path, json_path = state_files(stem)
+    for path in (model_file(stem), tensor_path, json_path):
+        if not path.is_file():
+            raise CheckpointError(
+                f"cannot resume from {stem}: {path.name} is missing (resuming needs a 'last' "
+                "checkpoint written by the Trainer)"
+            )
+    try:
+        document = json.loads(json_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(tensor_path))
+    except (OSError, ValueError, SafetensorError) as err:
+        raise CheckpointError(f"cannot read the training state at {stem}: {err}") from None
+    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{json_path} is not an xaikit training state ({STATE_FORMAT})")
+    if document.get("model_sha256") != sha256(model_file(stem)) or document.get(
+        "tensors_sha256"
+    ) != sha256(tensor_path):
+        raise CheckpointError(
+            f"the files of checkpoint {stem} do not belong together (a save was cut short?); "
+            "resume from an intact checkpoint"
+        )
+    return decode(document["state"], tensors)
+
+
+# --- interrupts and random state ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def defer_keyboard_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C back until the block is done, then raise it, so files written together
+    are never half-written. Only where Python's default SIGINT handler is active in the main
+    thread; a handler the caller installed (one that calls ``Trainer.stop``) stays in charge.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+def get_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global RNG states that dropout and unseeded samplers draw from."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def private_global_rng(device: torch.device) -> Iterator[None]:
+    """Run the block with the global RNG forked: the caller's RNG state is restored after."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        yield
