@@ -7,6 +7,8 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
+# Tiny models run fastest on one thread; two threads on two busy cores mostly contend.
+torch.set_num_threads(1)
 os.environ.setdefault("XAIKIT_QUIET", "1")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -21,7 +22,7 @@ from xaikit._version import __version__
 from xaikit.errors import XaikitError
 
 # Order is the order of ``xaikit --help``.
-COMMAND_MODULES = ["zoo", "layers"]
+COMMAND_MODULES = ["zoo", "layers", "train", "explain", "filters", "evaluate", "report", "demo"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -38,7 +39,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _commands() -> list[ModuleType]:
-    return [importlib.import_module(f"xaikit.cli.{name}") for name in COMMAND_MODULES]
+    return [
+        importlib.import_module(f"xaikit.cli.{name}")
+        for name in COMMAND_MODULES
+        if importlib.util.find_spec(f"xaikit.cli.{name}") is not None
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

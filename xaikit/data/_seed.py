@@ -18,7 +18,7 @@ def derive_seed(seed: int, *keys: str) -> int:
 
 
 def make_generator(seed: int, *keys: str) -> torch.Generator:
-    """A private CPU ``torch.Generator`` seeded by :func:`derive_seed`; the global RNG is untouched."""
+    """A private CPU generator seeded by :func:`derive_seed`; the global RNG is untouched."""
     generator = torch.Generator(device="cpu")
     generator.manual_seed(derive_seed(seed, *keys))
     return generator

@@ -16,15 +16,17 @@ Sizes at 64x64 (scaled with ``size``): ``shapes`` radius 8-20 px anywhere in the
 ``shapes-multilabel`` radius 8-15 px, each shape inside its own quadrant of the image.
 
 Everything is generated with tensor operations over a pixel grid, a few hundred images per
-chunk (10,000 64x64 images take about a second on two CPU cores, see
+chunk, on one intra-op thread (10,000 64x64 images take about 1.5 s on an idle CPU core, see
 ``benchmarks/bench_shapes_generation.py``), and kept in memory compactly: uint8 pixels and one
 uint8 bit field per pixel for the masks (bit ``k`` set where class ``k`` is drawn).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -117,25 +119,32 @@ def _ring(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 _SHAPE_FUNCTIONS = (_circle, _square, _triangle, _cross, _star, _ring)
 
 
-def render_masks(objects: ShapeObjects, size: int) -> torch.Tensor:
-    """Pixel masks of ``objects``: ``(M,) objects -> (M, size, size)`` bool.
+def _masks_on_grid(objects: ShapeObjects, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Masks of ``objects`` sampled at pixel centres ``xs`` ``(M, W')`` and ``ys`` ``(M, H')``.
 
-    A pixel belongs to a shape when its centre does.
+    ``(M,) objects -> (M, H', W')`` bool. Each class's rule runs only on that class's objects.
     """
-    grid = torch.arange(size, dtype=torch.float32) + 0.5
     r = objects.radius[:, None, None]
-    dx = (grid[None, None, :] - objects.center[:, 0, None, None]) / r  # (M, 1, W)
-    dy = (grid[None, :, None] - objects.center[:, 1, None, None]) / r  # (M, H, 1)
+    dx = (xs[:, None, :] - objects.center[:, 0, None, None]) / r  # (M, 1, W')
+    dy = (ys[:, :, None] - objects.center[:, 1, None, None]) / r  # (M, H', 1)
     cos = torch.cos(objects.angle)[:, None, None]
     sin = torch.sin(objects.angle)[:, None, None]
-    u = cos * dx + sin * dy
-    v = cos * dy - sin * dx
-    masks = torch.zeros(u.shape, dtype=torch.bool)
+    masks = torch.zeros((len(objects), ys.shape[1], xs.shape[1]), dtype=torch.bool)
     for label, shape_fn in enumerate(_SHAPE_FUNCTIONS):
         rows = (objects.label == label).nonzero().squeeze(1)
         if rows.numel():
-            masks[rows] = shape_fn(u[rows], v[rows])
+            c, s, x, y = cos[rows], sin[rows], dx[rows], dy[rows]
+            masks[rows] = shape_fn(c * x + s * y, c * y - s * x)
     return masks
+
+
+def render_masks(objects: ShapeObjects, size: int) -> torch.Tensor:
+    """Pixel masks of ``objects`` on the whole image: ``(M,) objects -> (M, size, size)`` bool.
+
+    A pixel belongs to a shape when its centre does.
+    """
+    grid = (torch.arange(size, dtype=torch.float32) + 0.5).expand(len(objects), size)
+    return _masks_on_grid(objects, grid, grid)
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, g: torch.Generator) -> torch.Tensor:
@@ -193,24 +202,54 @@ def _render_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(B, 3, H, W)`` uint8 and mask bits ``(B, H, W)`` uint8 for one chunk."""
     b = background.shape[0]
-    masks = render_masks(objects, size)  # (m, H, W)
-    # Shapes never overlap, so each pixel has at most one owner (1-based, 0 = background).
-    owner = torch.zeros((b, size, size), dtype=torch.int64)
-    ids = torch.arange(1, len(objects) + 1)[:, None, None]
-    owner.index_add_(0, objects.image - start, masks.to(torch.int64) * ids)
-    covered = owner > 0
-    colour = torch.cat([torch.zeros(1, 3), objects.colour])[owner].permute(0, 3, 1, 2)
-    bits = torch.cat([torch.zeros(1, dtype=torch.int64), 1 << objects.label])[owner]
+    # Each shape is rasterized on a square patch around it (a shape fits in its circle of
+    # radius r, so a patch of side 2 r_max + 2 holds it), then pasted into the images.
+    patch = min(size, math.ceil(2 * float(objects.radius.max())) + 2) if len(objects) else 1
+    offsets = torch.arange(patch)
+    corner = (objects.center.floor().long() - patch // 2).clamp_(0, size - patch)  # (m, 2)
+    xs = corner[:, 0, None] + offsets + 0.5
+    ys = corner[:, 1, None] + offsets + 0.5
+    masks = _masks_on_grid(objects, xs, ys)  # (m, patch, patch)
+    pixel = (
+        (objects.image - start)[:, None, None] * (size * size)
+        + (corner[:, 1, None, None] + offsets[None, :, None]) * size
+        + (corner[:, 0, None, None] + offsets[None, None, :])
+    )  # (m, patch, patch) flat index into (B, H, W)
+    # Shapes never overlap, so each pixel is painted by at most one shape.
+    painted = pixel[masks]  # flat (B, H, W) indices of shape pixels
+    shape = torch.arange(len(objects))[:, None, None].expand_as(masks)[masks]
+    bits = torch.zeros(b * size * size, dtype=torch.uint8)
+    bits[painted] = (1 << objects.label[shape]).to(torch.uint8)
 
-    # Smooth texture: bilinear upsampling of grid noise, done as two small matrix products.
-    texture = torch.randn((b, 3, _TEXTURE_GRID, _TEXTURE_GRID), generator=g) * _TEXTURE_STD
+    # Background in 0-255 units (+0.5 so that the final truncation rounds): a colour plus a
+    # smooth texture, bilinear upsampling of grid noise done as two small matrix products
+    # (the weights sum to 1, so the colour can be added on the grid).
     up = _upsampling_matrix(_TEXTURE_GRID, size)
-    canvas = torch.matmul(torch.matmul(up, texture), up.T)
-    canvas += background[:, :, None, None]
-    canvas = torch.where(covered[:, None], colour, canvas)
-    canvas += _uniform((b, 1, size, size), -_NOISE, _NOISE, g)  # grey noise on every pixel
-    pixels = canvas.mul_(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)  # rounds
-    return pixels, bits.to(torch.uint8)
+    grid = torch.randn((b, 3, _TEXTURE_GRID, _TEXTURE_GRID), generator=g) * (255 * _TEXTURE_STD)
+    grid += (background * 255.0 + 0.5)[:, :, None, None]
+    canvas = torch.matmul(torch.matmul(up, grid), up.T)  # (B, 3, H, W)
+    image, place = painted // (size * size), painted % (size * size)
+    canvas.view(b, 3, size * size)[image, :, place] = objects.colour[shape] * 255.0 + 0.5
+    canvas += _uniform((b, 1, size, size), -255.0 * _NOISE, 255.0 * _NOISE, g)  # grey noise
+    pixels = canvas.clamp_(0.0, 255.0).to(torch.uint8)
+    return pixels, bits.view(b, size, size)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch ops on one intra-op thread, restoring the count afterwards.
+
+    Generation is many small tensor ops; on a machine shared with other work, intra-op threads
+    wait on each other at every op (measured: 2 threads took 13-30 s for 10,000 images under
+    load, 1 thread 2-3.5 s; idle, 0.9 s versus 1.4 s). One thread also makes the pixels
+    independent of the machine's core count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=2)
@@ -230,16 +269,18 @@ def generate_shapes(
         raise DataError(f"the shapes data set needs size >= {MIN_SIZE} pixels, got size={size}")
     name = "shapes-multilabel" if multilabel else "shapes"
     g = make_generator(seed, name, split, str(size))
-    objects, background = _sample_objects(n, size, multilabel, g)
     images = torch.empty((n, 3, size, size), dtype=torch.uint8)
     bits = torch.empty((n, size, size), dtype=torch.uint8)
-    bounds = torch.searchsorted(objects.image, torch.arange(0, n + _CHUNK, _CHUNK).clamp(max=n))
-    for chunk, start in enumerate(range(0, n, _CHUNK)):
-        stop = min(start + _CHUNK, n)
-        rows = slice(int(bounds[chunk]), int(bounds[chunk + 1]))
-        images[start:stop], bits[start:stop] = _render_chunk(
-            objects.select(rows), background[start:stop], start, size, g
-        )
+    with _one_thread():
+        objects, background = _sample_objects(n, size, multilabel, g)
+        starts = torch.arange(0, n + _CHUNK, _CHUNK).clamp(max=n)
+        bounds = torch.searchsorted(objects.image, starts)
+        for chunk, start in enumerate(range(0, n, _CHUNK)):
+            stop = min(start + _CHUNK, n)
+            rows = slice(int(bounds[chunk]), int(bounds[chunk + 1]))
+            images[start:stop], bits[start:stop] = _render_chunk(
+                objects.select(rows), background[start:stop], start, size, g
+            )
     k = len(SHAPE_CLASSES)
     if multilabel:
         targets = torch.zeros((n, k), dtype=torch.float32)

@@ -12,6 +12,7 @@ child produce the same tensor; the container wins, so the choice reads as a bloc
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -45,17 +46,25 @@ def _shape(output: Any) -> tuple[int, ...] | None:
     return None
 
 
-def trace_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+def trace_layers(
+    model: nn.Module,
+    example: torch.Tensor,
+    forward: Callable[[torch.Tensor], Any] | None = None,
+) -> list[LayerInfo]:
     """Run one dry forward pass on ``example`` and describe every named module.
 
     Rows are in execution order (when each module's forward finished); modules that never
     ran come last with ``order=-1``. The model's state is borrowed and restored.
+    ``forward(example)`` replaces ``model(example)`` for models that take more than one
+    input (it must run ``model``).
     """
-    return _trace(model, example)[0]
+    return _trace(model, example, forward)[0]
 
 
 def _trace(
-    model: nn.Module, example: torch.Tensor
+    model: nn.Module,
+    example: torch.Tensor,
+    forward: Callable[[torch.Tensor], Any] | None = None,
 ) -> tuple[list[LayerInfo], tuple[int, ...] | None]:
     finished: dict[str, tuple[int, tuple[int, ...] | None]] = {}
     handles = []
@@ -71,7 +80,8 @@ def _trace(
             if name:
                 handles.append(module.register_forward_hook(recorder(name)))
         with borrowed(model), torch.no_grad():
-            output_shape = _shape(model(example.to(model_device(model))))
+            example = example.to(model_device(model))
+            output_shape = _shape(model(example) if forward is None else forward(example))
     finally:
         for handle in handles:
             handle.remove()
@@ -101,17 +111,21 @@ def _is_logits_conv(module: nn.Module, num_outputs: int | None) -> bool:
     )
 
 
-def auto_layer(model: nn.Module, example: torch.Tensor) -> str:
+def auto_layer(
+    model: nn.Module,
+    example: torch.Tensor,
+    forward: Callable[[torch.Tensor], Any] | None = None,
+) -> str:
     """The name of the default target layer for inputs shaped like ``example``.
 
     The result is cached per model and input shape, so only the first call pays for the
-    dry forward pass (on one sample).
+    dry forward pass (on one sample). ``forward``: see :func:`trace_layers`.
     """
     key = tuple(example.shape[1:])
     cached = _AUTO_CACHE.setdefault(model, {})
     if key in cached:
         return cached[key]
-    rows, output_shape = _trace(model, example[:1])
+    rows, output_shape = _trace(model, example[:1], forward)
     ran = [r for r in rows if r.order >= 0]
     modules = dict(model.named_modules())
     num_outputs = output_shape[-1] if output_shape else None
@@ -139,9 +153,15 @@ def layer_names(model: nn.Module) -> list[str]:
 
 
 def resolve_layer(
-    model: nn.Module, layer: str | nn.Module, example: torch.Tensor | None = None
+    model: nn.Module,
+    layer: str | nn.Module,
+    example: torch.Tensor | None = None,
+    forward: Callable[[torch.Tensor], Any] | None = None,
 ) -> tuple[str, nn.Module]:
     """Turn ``"auto"``, a dotted name or a module into ``(name, module)``.
+
+    ``example`` (and ``forward`` for several-input models, see :func:`trace_layers`) are
+    needed for ``"auto"`` only.
 
     Raises:
         XaikitConfigError: an unknown name (the message lists the closest valid names) or a
@@ -156,7 +176,7 @@ def resolve_layer(
     if layer == "auto":
         if example is None:
             raise XaikitConfigError("layer='auto' needs an example input to trace the model")
-        name = auto_layer(model, example)
+        name = auto_layer(model, example, forward)
         return name, modules[name]
     if layer in modules and layer:
         return layer, modules[layer]

@@ -20,6 +20,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
     """Draw ``train_loss`` / ``val_loss`` (left) and every other ``train_*`` / ``val_*`` score
     (right) against the epoch, and save the figure as a PNG at ``path`` (atomically)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [record.get("epoch", i + 1) for i, record in enumerate(history)]
     names: dict[str, None] = {}
@@ -42,6 +43,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
         score_axes.plot(epochs, _numeric(history, name), marker="o", label=name)
     score_axes.set(xlabel="epoch", ylabel="score", title="metrics")
     for axes, plotted in ((loss_axes, losses), (score_axes, scores)):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if plotted:
             axes.legend(loc="best")
         axes.grid(alpha=0.3)

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from xaikit.io import atomic_write_json, atomic_write_text
 from xaikit.train.curves import plot_history
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every nan or infinite float replaced by ``None`` (strict JSON has no
+    NaN, and browsers' ``JSON.parse`` rejects it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class History(list):
@@ -50,6 +63,6 @@ class History(list):
             "curves": folder / "curves.png",
         }
         atomic_write_text(paths["csv"], self.to_csv())
-        atomic_write_json(paths["json"], list(self))
+        atomic_write_json(paths["json"], json_safe(list(self)))
         plot_history(self, paths["curves"])
         return paths

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
 
 from xaikit.errors import DataError, XaikitConfigError
 
@@ -20,9 +20,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise XaikitConfigError(
-            f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'"
-        ) from None
+        raise XaikitConfigError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise XaikitConfigError(
             f"device {str(device)!r} was asked for but CUDA is not available; use 'cpu' or 'auto'"
@@ -48,9 +46,7 @@ def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(inputs, targets)`` of a batch that is a tuple or list ``(inputs, targets, ...)``."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
-    raise DataError(
-        f"a batch must be a tuple (inputs, targets, ...); got {type(batch).__name__}"
-    )
+    raise DataError(f"a batch must be a tuple (inputs, targets, ...); got {type(batch).__name__}")
 
 
 def make_loader(
@@ -66,7 +62,11 @@ def make_loader(
     sampler and workers apply). ``generator`` drives shuffling and worker seeds."""
     if isinstance(data, DataLoader):
         return data
-    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    if (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
+    ):
         data = TensorDataset(*data)
     if not isinstance(data, Dataset):
         raise XaikitConfigError(
@@ -87,5 +87,9 @@ def make_loader(
 
 
 def dataset_of(data: TrainData) -> Any:
-    """The dataset behind ``data`` (for its ``classes`` / ``task`` / ``normalization``)."""
-    return data.dataset if isinstance(data, DataLoader) else data
+    """The dataset behind ``data`` (for its ``classes`` / ``task`` / ``normalization``),
+    looking through a DataLoader and through ``Subset`` s (``random_split``)."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset

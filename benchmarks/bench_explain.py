@@ -1,0 +1,330 @@
+"""Speed of xaikit.explain against its floor (the forward pass) and against itself.
+
+Every figure is a ratio measured in one run: the cases are interleaved round by round and
+each ratio is the median over rounds of (case time / baseline time of the same round), so
+a noisy, shared machine slows both sides of a ratio alike. Median times are printed too.
+On the CPU the benchmark runs single-threaded by default (``--threads``), where the ratios
+are the most stable on a shared machine.
+
+    python benchmarks/bench_explain.py                  # CPU, full configuration
+    python benchmarks/bench_explain.py --quick          # smaller, for a smoke run
+    python benchmarks/bench_explain.py --device cuda --scorecam-size 224 --scorecam-n 8
+
+Goals (issue #4): Grad-CAM / forward <= 1.05; 6 targets / 1 target <= 1.3; five CAM
+methods / Grad-CAM <= 1.3; Score-CAM / its bare masked forward passes <= 1.05; fast
+Score-CAM >= 4x faster than exact with Spearman rank correlation >= 0.9. With
+``pytorch-grad-cam`` installed (``pip install grad-cam``; not a dependency of xaikit) its
+Grad-CAM is compared for agreement and speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torchvision
+
+import xaikit
+import xaikit.explain as X
+
+warnings.simplefilter("ignore", X.ExplainWarning)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    cases: dict[str, Callable[[], object]], rounds: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Run every case once per round, in turn; return the seconds of each run."""
+    for fn in cases.values():  # warm-up: allocator, caches, the auto-layer trace
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio(times: dict[str, list[float]], case: str, base: str) -> float:
+    """Median over rounds of ``case / base`` measured in the same round."""
+    return statistics.median(a / b for a, b in zip(times[case], times[base]))
+
+
+def median_ms(times: dict[str, list[float]], case: str) -> float:
+    return 1000 * statistics.median(times[case])
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation with average ranks for ties (maps have many zeros)."""
+
+    def ranks(t: torch.Tensor) -> torch.Tensor:
+        values, inverse, counts = torch.unique(
+            t.flatten().double(), return_inverse=True, return_counts=True
+        )
+        ends = counts.cumsum(0).double()
+        average = ends - (counts.double() - 1) / 2  # 1-based average rank of each value
+        return average[inverse]
+
+    ra, rb = ranks(a), ranks(b)
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, what: str, value: float, goal: str, detail: str = "") -> None:
+        ok = ""
+        if goal:
+            op, bound = goal.split()
+            met = value <= float(bound) if op == "<=" else value >= float(bound)
+            ok = "yes" if met else "NO"
+        self.rows.append((what, f"{value:.3f}", f"{goal} {ok}".strip(), detail))
+
+    def print(self) -> None:
+        widths = [max(len(r[i]) for r in [*self.rows, self.header()]) for i in range(4)]
+        for row in [self.header(), *self.rows]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+    @staticmethod
+    def header() -> tuple[str, str, str, str]:
+        return ("figure", "value", "goal met", "detail")
+
+
+def bench_gradcam(
+    name: str, model: torch.nn.Module, x: torch.Tensor, rounds: int, table: Table
+) -> None:
+    device = x.device
+    classes = 6
+
+    def forward() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    cases = {
+        "forward": forward,
+        "gradcam": lambda: X.explain(model, x),
+        "gradcam-6": lambda: X.explain(model, x, target=[list(range(classes))] * x.shape[0]),
+        "five": lambda: X.explain(
+            model, x, method=["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]
+        ),
+    }
+    times = interleaved(cases, rounds, device)
+    shape = "x".join(map(str, x.shape))
+    table.add(
+        f"{name}: Grad-CAM / forward",
+        ratio(times, "gradcam", "forward"),
+        "<= 1.05",
+        f"{shape}; {median_ms(times, 'gradcam'):.1f} ms vs {median_ms(times, 'forward'):.1f} ms",
+    )
+    table.add(
+        f"{name}: 6 targets / 1 target",
+        ratio(times, "gradcam-6", "gradcam"),
+        "<= 1.3",
+        f"{median_ms(times, 'gradcam-6'):.1f} ms",
+    )
+    table.add(
+        f"{name}: 5 CAM methods / Grad-CAM",
+        ratio(times, "five", "gradcam"),
+        "<= 1.3",
+        f"gradcam, ++, xgradcam, layercam, hirescam: {median_ms(times, 'five'):.1f} ms",
+    )
+
+
+def bench_scorecam(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    batch_size: int,
+    top_k: int | None,
+    rounds: int,
+    table: Table,
+) -> None:
+    device = x.device
+    channels = model.layer4[-1].conv2.out_channels
+    total = x.shape[0] * channels
+    masked = torch.rand(min(batch_size, total), *x.shape[1:], device=device)
+
+    def bare() -> None:
+        with torch.no_grad():
+            for start in range(0, total, batch_size):
+                model(masked[: min(batch_size, total - start)])
+
+    results: dict[str, X.Explanation] = {}
+
+    def exact() -> None:
+        results["exact"] = X.explain(
+            model, x, method="scorecam", batch_size=batch_size, quiet=True, return_result=True
+        )
+
+    def fast() -> None:
+        options = {} if top_k is None else {"top_k": top_k}
+        results["fast"] = X.explain(
+            model,
+            x,
+            method="scorecam-fast",
+            batch_size=batch_size,
+            quiet=True,
+            return_result=True,
+            **options,
+        )
+
+    times = interleaved({"bare": bare, "exact": exact, "fast": fast}, rounds, device)
+    shape = "x".join(map(str, x.shape))
+    table.add(
+        "resnet18: Score-CAM / bare masked forwards",
+        ratio(times, "exact", "bare"),
+        "<= 1.05",
+        f"{shape}, {total} masks in batches of {batch_size}: {median_ms(times, 'exact'):.0f} "
+        f"ms vs {median_ms(times, 'bare'):.0f} ms",
+    )
+    k = top_k if top_k is not None else channels // 8
+    table.add(
+        "resnet18: fast Score-CAM speed-up",
+        ratio(times, "exact", "fast"),
+        ">= 4",
+        f"top_k={k} of {channels} channels: {median_ms(times, 'fast'):.0f} ms",
+    )
+    e, f = results["exact"], results["fast"]
+    per_image = [spearman(e.maps[n], f.maps[n]) for n in range(x.shape[0])]
+    per_raw = [spearman(e.raw[n], f.raw[n]) for n in range(x.shape[0])]
+    table.add(
+        "resnet18: fast vs exact Score-CAM Spearman (min)",
+        min(per_image),
+        ">= 0.9",
+        f"heatmaps per image, median {statistics.median(per_image):.3f}; layer-resolution "
+        f"maps min {min(per_raw):.3f}",
+    )
+
+
+def bench_pytorch_grad_cam(
+    model: torch.nn.Module, x: torch.Tensor, rounds: int, table: Table
+) -> None:
+    try:
+        from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        print("(pytorch-grad-cam not installed: `pip install grad-cam` to compare)")
+        return
+    device = x.device
+    with torch.no_grad():
+        predicted = model(x).argmax(1).tolist()
+    targets = [ClassifierOutputTarget(c) for c in predicted]
+    theirs: dict[str, object] = {}
+
+    def run_theirs(cls: type) -> Callable[[], None]:
+        def run() -> None:
+            with cls(model=model, target_layers=[model.layer4]) as cam:
+                theirs[cls.__name__] = cam(input_tensor=x, targets=targets)
+
+        return run
+
+    ours: dict[str, torch.Tensor] = {}
+
+    def run_ours() -> None:
+        ours.update(X.explain(model, x, method=["gradcam", "gradcam++"], layer="layer4"))
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    cases = {
+        "forward": forward,
+        "xaikit": lambda: X.explain(model, x, layer="layer4"),
+        "pgc": run_theirs(GradCAM),
+    }
+    times = interleaved(cases, rounds, device)
+    run_ours()
+    run_theirs(GradCAMPlusPlus)()
+    agreement = []
+    for method, cls in (("gradcam", "GradCAM"), ("gradcam++", "GradCAMPlusPlus")):
+        other = torch.as_tensor(theirs[cls])
+        mine = ours[method].cpu()
+        agreement.append(min(pearson(mine[n], other[n]) for n in range(x.shape[0])))
+    table.add(
+        "pytorch-grad-cam GradCAM time / xaikit",
+        ratio(times, "pgc", "xaikit"),
+        "",
+        f"theirs {median_ms(times, 'pgc'):.1f} ms = {ratio(times, 'pgc', 'forward'):.2f} x forward",
+    )
+    table.add(
+        "pytorch-grad-cam agreement (min Pearson)",
+        min(agreement),
+        "",
+        f"Grad-CAM {agreement[0]:.4f}, Grad-CAM++ {agreement[1]:.4f} (they resize with OpenCV)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared machine single-threaded ratios are the "
+        "most stable; 0 keeps torch's default)",
+    )
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--scorecam-n", type=int, default=1)
+    parser.add_argument("--scorecam-size", type=int, default=112)
+    parser.add_argument("--scorecam-batch", type=int, default=64)
+    parser.add_argument("--scorecam-rounds", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few rounds")
+    parser.add_argument("--skip-scorecam", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.batch, args.size = 3, 2, 64
+        args.scorecam_size, args.scorecam_rounds = 64, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    print(
+        f"torch {torch.__version__}, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", {torch.get_num_threads()} CPU threads, {args.rounds} interleaved rounds"
+    )
+    table = Table()
+    resnet = torchvision.models.resnet18().eval().to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    bench_gradcam("resnet18", resnet, x, args.rounds, table)
+    zoo_size = 64
+    zoo = (
+        xaikit.create_model(
+            "simple_cnn", num_classes=6, task="multilabel", in_channels=3, input_size=zoo_size
+        )
+        .eval()
+        .to(device)
+    )
+    xz = torch.randn(args.batch, 3, zoo_size, zoo_size, device=device)
+    bench_gradcam("zoo simple_cnn", zoo, xz, args.rounds, table)
+    if not args.skip_scorecam:
+        xs = torch.randn(args.scorecam_n, 3, args.scorecam_size, args.scorecam_size, device=device)
+        bench_scorecam(resnet, xs, args.scorecam_batch, args.top_k, args.scorecam_rounds, table)
+    bench_pytorch_grad_cam(resnet, x, args.rounds, table)
+    print()
+    table.print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

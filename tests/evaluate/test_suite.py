@@ -1,0 +1,101 @@
+"""evaluate_methods: a method against the random and centred-Gaussian baselines."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from evaluate_toys import input_gradient
+
+from xaikit.errors import XaikitConfigError
+from xaikit.evaluate import deletion_curve, evaluate_methods, pointing_game
+from xaikit.explain.api import explain
+
+
+def test_gradcam_beats_the_baselines_on_a_trained_model(bar_model, bar_test):
+    images, labels, masks = bar_test
+    report = evaluate_methods(bar_model, images, "gradcam", labels=labels, masks=masks, steps=16)
+    scores = report.scores
+    assert report.methods == ["gradcam", "random", "gaussian"]
+    for baseline in ("random", "gaussian"):
+        assert scores["gradcam"]["deletion_auc"]["mean"] < scores[baseline]["deletion_auc"]["mean"]
+        assert (
+            scores["gradcam"]["insertion_auc"]["mean"] > scores[baseline]["insertion_auc"]["mean"]
+        )
+        assert (
+            scores["gradcam"]["pointing_game"]["mean"] > scores[baseline]["pointing_game"]["mean"]
+        )
+    assert scores["gradcam"]["pointing_game"]["n"] == 32
+    assert report.sanity["gradcam"]["randomization"]["verdict"] == "pass"
+    assert report.sanity["random"]["randomization"]["verdict"] == "fail"
+    assert report.sanity["gaussian"]["class_contrast"]["verdict"] == "fail"
+
+
+def test_figures_equal_the_tensor_metrics(bar_model, bar_test):
+    images, labels, masks = bar_test
+    report = evaluate_methods(
+        bar_model, images, "gradcam", labels=labels, masks=masks, steps=8, baselines=(),
+        sanity=False,
+    )  # fmt: skip
+    maps = explain(bar_model, images, method="gradcam", target="predicted")
+    deletion = deletion_curve(bar_model, images, maps, steps=8)
+    assert report.scores["gradcam"]["deletion_auc"]["mean"] == pytest.approx(deletion.mean())
+    label_maps = explain(bar_model, images, method="gradcam", target=labels)
+    hits = pointing_game(label_maps, masks)
+    assert report.scores["gradcam"]["pointing_game"]["mean"] == pytest.approx(float(hits.mean()))
+    assert report.sanity == {}
+
+
+def test_per_class_masks_score_each_present_label():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten())  # fmt: skip
+    images = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(2, 3, 6, 6)
+    masks[0, 0, :2, :2] = 1  # image 0 holds labels 0 and 2, image 1 label 1
+    masks[0, 2, 4:, 4:] = 1
+    masks[1, 1, 2:4, 2:4] = 1
+    report = evaluate_methods(
+        model, images, input_gradient, masks=masks, steps=4, baselines=(), sanity=False,
+        class_names=["a", "b", "c"],
+    )  # fmt: skip
+    pointing = report.scores["input_gradient"]["pointing_game"]
+    assert pointing["n"] == 3
+    assert set(pointing["per_class"]) == {"a", "b", "c"}
+    maps = input_gradient(model, images[[0, 0, 1]], torch.tensor([0, 2, 1]))
+    hits = pointing_game(maps, masks[[0, 0, 1], [0, 2, 1]])
+    assert pointing["mean"] == pytest.approx(float(hits.mean()))
+
+
+def test_report_json_and_table(bar_model, bar_test):
+    images, labels, masks = bar_test
+    report = evaluate_methods(bar_model, images[:8], "gradcam", masks=masks[:8], labels=labels[:8],
+                              steps=4)  # fmt: skip
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["metrics"]["deletion_auc"]["higher_is_better"] is False
+    assert data["settings"]["steps"] == 4 and data["settings"]["seed"] == 0
+    assert set(data["scores"]) == {"gradcam", "random", "gaussian"}
+    table = report.table()
+    assert "deletion AUC ↓" in table and "insertion AUC ↑" in table
+    assert "pointing game ↑" in table and "pass" in table and "fail" in table
+    assert table.splitlines()[0].split()[1:] == ["gradcam", "random", "gaussian"]
+
+
+def test_same_seed_same_figures(bar_model, bar_test):
+    images, _, _ = bar_test
+    a = evaluate_methods(bar_model, images[:8], "gradcam", steps=4, seed=5).to_dict()
+    b = evaluate_methods(bar_model, images[:8], "gradcam", steps=4, seed=5).to_dict()
+    assert a == b
+    assert not math.isnan(a["scores"]["random"]["deletion_auc"]["mean"])
+
+
+def test_bad_arguments_raise_clear_errors(bar_model, bar_test):
+    images, _, masks = bar_test
+    with pytest.raises(XaikitConfigError, match="baseline"):
+        evaluate_methods(bar_model, images[:2], "gradcam", baselines=("noise",))
+    with pytest.raises(XaikitConfigError, match="labels"):
+        evaluate_methods(bar_model, images[:2], "gradcam", masks=masks[:2], sanity=False)
+    with pytest.raises(XaikitConfigError, match="distinct"):
+        evaluate_methods(bar_model, images[:2], ["gradcam", "gradcam"], sanity=False)

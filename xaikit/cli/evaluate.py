@@ -1,0 +1,192 @@
+"""``xaikit evaluate``: explanation-quality figures of a heatmap method on a data set's test split.
+
+Prints one table - deletion / insertion AUC, the pointing games when the data has ground-truth
+masks, the randomization and class-contrast sanity checks - for the method(s) next to the
+random and centred-Gaussian baselines, with direction arrows, and writes the same as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+from typing import Any
+
+import torch
+
+from xaikit._version import __version__
+from xaikit.cli._common import add_model_argument, input_shape, load_cli_model
+from xaikit.errors import DataError, XaikitConfigError
+from xaikit.evaluate.perturbation import BASELINES as DELETION_BASELINES
+from xaikit.evaluate.perturbation import DEFAULT_STEPS
+from xaikit.evaluate.suite import DEFAULT_BASELINES, evaluate_methods
+from xaikit.io import atomic_write_json
+
+NAME = "evaluate"
+HELP = "explanation quality figures (deletion/insertion AUC, pointing game, sanity checks)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    parser.add_argument(
+        "--data", "-d", required=True, metavar="D", help="data set name, e.g. shapes (test split)"
+    )
+    parser.add_argument(
+        "--method",
+        default="gradcam",
+        metavar="METHOD",
+        help="heatmap method, or several separated by commas (default: gradcam)",
+    )
+    parser.add_argument("--n", type=int, default=100, help="test images to use (default: 100)")
+    parser.add_argument("--out", metavar="FILE.json", help="write the figures as JSON")
+    parser.add_argument("--seed", type=int, default=0, help="data, baseline and randomization seed")
+    parser.add_argument(
+        "--target",
+        choices=("predicted", "label"),
+        default="predicted",
+        help="class explained for deletion/insertion: the prediction (RISE) or the label",
+    )
+    parser.add_argument("--layer", default="auto", help="explained layer for CAM methods")
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help="deletion/insertion increments"
+    )
+    parser.add_argument(
+        "--deletion-baseline",
+        choices=DELETION_BASELINES,
+        default="zeros",
+        help="what deleted pixels become (default: zeros, as in RISE)",
+    )
+    parser.add_argument(
+        "--tolerance", type=int, default=0, help="pointing-game tolerance in pixels (default 0)"
+    )
+    parser.add_argument(
+        "--baselines",
+        default=",".join(DEFAULT_BASELINES),
+        help="control maps to compare with: random,gaussian (default) or none",
+    )
+    parser.add_argument(
+        "--no-sanity", action="store_true", help="skip the randomization and contrast checks"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _split_list(text: str, what: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise XaikitConfigError(f"--{what} is empty")
+    return names
+
+
+def _load_data(name: str, n: int, seed: int, shape: tuple[int, ...]):
+    from xaikit.data import dataset_info, load
+
+    if n < 1:
+        raise XaikitConfigError(f"--n must be at least 1, got {n}")
+    loader = dataset_info(name).loader
+    accepted = {
+        p.name
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    options: dict[str, Any] = {key: value for key, value in (("n", n), ("seed", seed))}
+    if "size" in accepted and len(shape) == 3:
+        options["size"] = shape[-1]
+    options = {key: value for key, value in options.items() if key in accepted}
+    return load(name, "test", **options)
+
+
+def _batch(dataset, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(inputs (N, C, H, W), targets, masks (N, K, H, W) or None)`` of the first n items."""
+    count = min(n, len(dataset))
+    items = [dataset[i] for i in range(count)]
+    inputs = torch.stack([item[0] for item in items])
+    targets = torch.stack([torch.as_tensor(item[1]) for item in items])
+    masks = None
+    if getattr(dataset, "has_ground_truth", False) and len(items[0]) > 2:
+        first = items[0][2]
+        if first.dim() == inputs.dim() - 1 and first.shape[-2:] == inputs.shape[-2:]:
+            masks = torch.stack([item[2] for item in items])
+    return inputs, targets, masks
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become ``null`` so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = _split_list(args.method, "method")
+    baselines = [] if args.baselines.strip() == "none" else _split_list(args.baselines, "baselines")
+    model, card = load_cli_model(args.model, device=args.device)
+    shape = input_shape(card)
+    dataset = _load_data(args.data, args.n, args.seed, shape)
+    if getattr(dataset, "input_kind", "image") != "image":
+        raise DataError(
+            f"xaikit evaluate scores image heatmaps; data set {args.data!r} holds "
+            f"{dataset.input_kind} inputs"
+        )
+    inputs, targets, masks = _batch(dataset, args.n)
+    classes = card.get("num_classes") or card.get("config", {}).get("num_classes")
+    if classes is not None and card.get("task") != "binary" and classes != dataset.num_classes:
+        raise XaikitConfigError(
+            f"model {args.model!r} has {classes} classes but data set {args.data!r} has "
+            f"{dataset.num_classes}; evaluate a model on the data it was trained for"
+        )
+    labels = targets if targets.dim() == 1 else None
+    if args.target == "label":
+        if labels is None:
+            raise XaikitConfigError(
+                "--target label needs one label per image; this data set is multi-label"
+            )
+        target: Any = labels
+    else:
+        target = "predicted"
+    normalization = card.get("normalization") or getattr(dataset, "normalization", None)
+    report = evaluate_methods(
+        model,
+        inputs,
+        methods,
+        labels=labels,
+        masks=masks,
+        target=target,
+        baselines=baselines,
+        steps=args.steps,
+        deletion_baseline=args.deletion_baseline,
+        tolerance=args.tolerance,
+        sanity=not args.no_sanity,
+        layer=args.layer,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        normalization=normalization,
+        class_names=getattr(dataset, "classes", None),
+        quiet=args.quiet or None,
+    )
+    print(
+        f"xaikit evaluate: model {args.model}, data {args.data} (test, n={inputs.shape[0]}), "
+        f"target {args.target}, seed {args.seed}"
+    )
+    if masks is None:
+        print("(no ground-truth masks in this data set: pointing games skipped)")
+    print(report.table())
+    if args.out:
+        payload = {
+            "model": args.model,
+            "architecture": card.get("architecture"),
+            "data": args.data,
+            "split": "test",
+            "target": args.target,
+            "xaikit_version": __version__,
+            "torch_version": torch.__version__,
+            **report.to_dict(),
+        }
+        atomic_write_json(args.out, _json_safe(payload))
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,257 @@
+"""``xaikit filters``: inspect a model's learned filters and write PNG grids plus a JSON index.
+
+Modes: ``weights`` (kernel grid), ``activations`` (feature maps of data set inputs),
+``maximize`` (activation maximization), ``exemplars`` (top data set inputs per channel, with
+receptive-field crops) and ``atlas`` (all three per channel, PNG and a standalone HTML page).
+Every file is written atomically; ``index.json`` lists them with the numbers behind them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset, Subset
+
+from xaikit.cli._common import add_model_argument, load_cli_model
+from xaikit.data import load
+from xaikit.errors import XaikitConfigError
+from xaikit.filters import activations, atlas, exemplars, maximize, weights
+from xaikit.filters._common import fetch_inputs
+from xaikit.filters._plot import figure_png, image_png
+from xaikit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+NAME = "filters"
+HELP = "inspect learned filters: kernels, feature maps, maximization, exemplars, atlas"
+MODES = ("weights", "activations", "maximize", "exemplars", "atlas")
+NEEDS_DATA = ("activations", "exemplars", "atlas")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    parser.add_argument(
+        "--layer",
+        "-l",
+        default=None,
+        metavar="L",
+        help="layer name (see `xaikit layers`); default: the first convolution for weights, "
+        "the default CAM layer ('auto') otherwise",
+    )
+    parser.add_argument("--mode", required=True, choices=MODES, help="what to inspect")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--data",
+        "-d",
+        metavar="D",
+        help="data set name (test split) for activations, exemplars and atlas",
+    )
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="data set inputs to use (default: all; 4 for activations)",
+    )
+    parser.add_argument("--channels", metavar="LIST", help="channels, e.g. 0,3,8-11 (default: all)")
+    parser.add_argument("--steps", type=int, default=256, help="maximization steps (256)")
+    parser.add_argument("--seed", type=int, default=0, help="maximization seed (0)")
+    parser.add_argument("--size", type=int, default=None, help="maximization image size")
+    parser.add_argument("--k", type=int, default=9, help="exemplars per channel (9)")
+    parser.add_argument(
+        "--rank-by",
+        choices=("max", "mean"),
+        default="max",
+        help="exemplar score: a channel map's max or mean (max)",
+    )
+    parser.add_argument(
+        "--kernel-view",
+        default="auto",
+        choices=("auto", "rgb", "all", "l2", "strongest", "mean"),
+        help="how input channels of a kernel are shown (auto)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="inputs per batch (64)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (cpu)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def parse_channels(text: str | None) -> list[int] | None:
+    """``"0,3,8-11"`` -> ``[0, 3, 8, 9, 10, 11]``; ``None`` -> ``None`` (all)."""
+    if text is None:
+        return None
+    channels: list[int] = []
+    try:
+        for part in text.split(","):
+            low, dash, high = part.strip().partition("-")
+            if dash:
+                channels.extend(range(int(low), int(high) + 1))
+            else:
+                channels.append(int(low))
+    except ValueError:
+        raise XaikitConfigError(
+            f"--channels must be indices and ranges like 0,3,8-11; got {text!r}"
+        ) from None
+    if not channels or min(channels) < 0:
+        raise XaikitConfigError(f"--channels must list non-negative indices; got {text!r}")
+    return channels
+
+
+def _dataset(name: str | None, mode: str, n: int | None) -> Dataset | None:
+    if name is None:
+        if mode in NEEDS_DATA:
+            raise XaikitConfigError(f"--mode {mode} needs --data (a data set name, e.g. shapes)")
+        return None
+    dataset = load(name, split="test")
+    if n is not None:
+        if n < 1:
+            raise XaikitConfigError(f"--n must be positive, got {n}")
+        dataset = Subset(dataset, range(min(n, len(dataset))))
+    return dataset
+
+
+def _normalization(card: dict[str, Any], dataset: Dataset | None) -> Any:
+    """The model card's normalization; without one in the card, the data set's."""
+    if "normalization" in card:
+        return card["normalization"]
+    source = dataset.dataset if isinstance(dataset, Subset) else dataset
+    return getattr(source, "normalization", None)
+
+
+def _size(card: dict[str, Any], override: int | None) -> int | None:
+    if override is not None:
+        return override
+    shape = card.get("input_shape")
+    return int(shape[-1]) if shape else None
+
+
+def _write_png(out: Path, name: str, data: bytes, files: list[str]) -> None:
+    atomic_write_bytes(out / name, data)
+    files.append(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, card = load_cli_model(args.model, device=args.device)
+    dataset = _dataset(args.data, args.mode, args.n)
+    channels = parse_channels(args.channels)
+    normalization = _normalization(card, dataset)
+    out = Path(args.out)
+    files: list[str] = []
+    index: dict[str, Any] = {
+        "mode": args.mode,
+        "model": args.model,
+        "data": args.data,
+        "normalization": normalization,
+    }
+    layer = args.layer if args.layer is not None or args.mode == "weights" else "auto"
+    quiet = True if args.quiet else None
+
+    if args.mode == "weights":
+        kernels = weights(model, layer, reduce=args.kernel_view)
+        _write_png(out, "weights.png", figure_png(kernels.figure), files)
+        _write_png(out, "weights_grid.png", image_png(kernels.grid, min_side=256), files)
+        index.update(
+            layer=kernels.layer,
+            view=kernels.reduce,
+            kernels=int(kernels.weight.shape[0]),
+            kernel_shape=list(kernels.weight.shape[1:]),
+            labels=kernels.labels,
+        )
+    elif args.mode == "activations":
+        count = min(args.n or 4, len(dataset))
+        inputs = fetch_inputs(dataset, range(count))
+        maps = activations(model, inputs, layer, normalization=normalization)
+        name = next(iter(maps))
+        rows = []
+        for i in range(count):
+            _write_png(out, f"activations_{i:04d}.png", figure_png(maps.figure(name, i)), files)
+            means = maps.channel_means(name, i)
+            rows.append(
+                {
+                    "input": i,
+                    "order": maps.order(name, i).tolist(),
+                    "channel_means": [round(float(v), 6) for v in means],
+                }
+            )
+        index.update(layer=name, shape=list(maps[name].shape[1:]), inputs=rows)
+    elif args.mode == "maximize":
+        result = maximize(
+            model,
+            layer,
+            channels,
+            steps=args.steps,
+            size=_size(card, args.size),
+            seed=args.seed,
+            normalization=normalization,
+            batch_size=args.batch_size,
+            quiet=quiet,
+        )
+        _write_png(out, "maximize.png", figure_png(result.figure), files)
+        images = result.images if result.images.dim() == 4 else result.images.unsqueeze(2)
+        for unit, image in zip(result.units, images):
+            _write_png(out, f"maximize/channel_{unit:04d}.png", image_png(image), files)
+        index.update(
+            layer=result.layer, steps=args.steps, seed=args.seed, channels=result.summary()
+        )
+    elif args.mode == "exemplars":
+        found = exemplars(
+            model,
+            layer,
+            dataset,
+            min(args.k, len(dataset)),
+            channels=channels,
+            reduce=args.rank_by,
+            batch_size=args.batch_size,
+            normalization=normalization,
+            quiet=quiet,
+        )
+        _write_png(out, "exemplars.png", figure_png(found.figure), files)
+        field = found.receptive_field
+        index.update(
+            layer=found.layer,
+            rank_by=found.reduce,
+            receptive_field=None
+            if field is None
+            else {"size": field.size, "jump": field.jump, "start": field.start},
+            channels=[
+                {
+                    "channel": c,
+                    "indices": found.indices[row].tolist(),
+                    "values": [round(float(v), 6) for v in found.values[row]],
+                    "boxes": found.boxes[row].tolist() if found.boxes is not None else None,
+                }
+                for row, c in enumerate(found.channels)
+            ],
+        )
+    else:
+        result = atlas(
+            model,
+            layer,
+            dataset,
+            channels,
+            k=min(args.k, len(dataset)),
+            steps=args.steps,
+            size=args.size,
+            seed=args.seed,
+            normalization=normalization,
+            batch_size=args.batch_size,
+            quiet=quiet,
+        )
+        _write_png(out, "atlas.png", figure_png(result.figure), files)
+        title = html.escape(f"xaikit filters: {args.model} {result.layer}")
+        page = (
+            f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
+            f"<title>{title}</title></head>\n<body>\n{result.html()}</body>\n</html>\n"
+        )
+        atomic_write_text(out / "atlas.html", page)
+        files.append("atlas.html")
+        index.update(
+            layer=result.layer,
+            channels=[
+                {**row, "exemplars": result.exemplars.indices[i].tolist()}
+                for i, row in enumerate(result.maximization.summary())
+            ],
+        )
+    index["files"] = files
+    atomic_write_json(out / "index.json", index)
+    print(f"wrote {len(files) + 1} files to {out} (index.json lists them)")
+    return 0

@@ -1,0 +1,116 @@
+"""``xaikit train``: train a zoo architecture on a data set, from flags or a recipe."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+from typing import Any
+
+from xaikit.errors import XaikitConfigError
+from xaikit.train.recipe import Recipe, train_recipe
+
+NAME = "train"
+HELP = "train a model of the zoo and write its checkpoint, model card, history and curves"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--recipe", metavar="FILE.toml", help="a training recipe (flags override it)"
+    )
+    parser.add_argument("--data", "-d", metavar="D", help="data set name (see xaikit.data)")
+    parser.add_argument("--model", "-m", metavar="ARCH", help="architecture (see `xaikit zoo`)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="number of epochs")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--task", choices=["multiclass", "multilabel", "binary"])
+    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    parser.add_argument("--lr", type=float, help="learning rate")
+    parser.add_argument("--momentum", type=float, help="SGD momentum")
+    parser.add_argument("--scheduler", choices=["step", "cosine", "onecycle", "none"])
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT/last exactly where it stopped"
+    )
+    parser.add_argument(
+        "--data-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the data set, e.g. n=2000 or size=32 (repeatable)",
+    )
+    parser.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the architecture, e.g. widths=[16,32] (repeatable)",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise XaikitConfigError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value
+    return options
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The recipe file (if any) with every flag the user gave laid over it."""
+    if args.recipe:
+        recipe = Recipe.from_toml(args.recipe)
+    else:
+        if not args.data or not args.model:
+            raise XaikitConfigError("give --data and --model, or --recipe FILE.toml")
+        recipe = Recipe(data=args.data, model=args.model)
+    recipe.data = args.data or recipe.data
+    recipe.model = args.model or recipe.model
+    recipe.epochs = args.epochs or recipe.epochs
+    recipe.data_options.update(_parse_options(args.data_option, "--data-option"))
+    recipe.model_options.update(_parse_options(args.model_option, "--model-option"))
+    if args.task:
+        recipe.model_options["task"] = args.task
+    flags = {
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
+    recipe.train_options.update({k: v for k, v in flags.items() if v is not None})
+    if args.scheduler:
+        recipe.train_options["scheduler"] = None if args.scheduler == "none" else args.scheduler
+    if recipe.epochs < 1:
+        raise XaikitConfigError(f"--epochs must be at least 1, got {recipe.epochs}")
+    return recipe
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = recipe_from_args(args)
+    out = Path(args.out)
+    try:
+        result = train_recipe(recipe, out, resume=args.resume, device=args.device, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print(
+            f"xaikit: interrupted; the last completed epoch is saved in {out}/last "
+            f"(continue with --resume)"
+        )
+        return 130
+    for key, value in result.metrics.items():
+        if not isinstance(value, list):
+            print(f"{key:<22} {_fmt(value)}")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"history:    {', '.join(str(p) for p in result.history_files.values())}")
+    return 0

@@ -1,0 +1,402 @@
+"""The explanation pipeline: one forward, one batched backward, every method and target.
+
+For CAM methods the target layer's output is captured once (:class:`~xaikit.explain.hooks.
+Capture`): the forward pass up to the layer builds no graph (parameters are frozen by
+:func:`~xaikit.explain.state.borrowed` and the inputs are detached), the captured activation
+is a leaf, so the single backward pass runs through the head only. The ``K`` targets of
+every input are answered by one ``torch.autograd.grad`` over ``K`` one-hot output gradients
+(``is_grads_batched=True``, a vector-Jacobian product per target), and every requested CAM
+method reads the same activations and gradients.
+
+Gradient methods (:mod:`xaikit.explain.gradients`) get ``forward(x) -> (M, num_outputs)``
+scores from the :class:`~xaikit.explain.adapter.ModelAdapter`; Guided Grad-CAM is guided
+backpropagation times the upsampled Grad-CAM of the same call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from xaikit.errors import XaikitConfigError
+from xaikit.explain.adapter import ExplainWarning, InputKey, ModelAdapter, OutputSelector
+from xaikit.explain.cam import CAM_METHODS
+from xaikit.explain.hooks import Capture
+from xaikit.explain.layers import resolve_layer
+from xaikit.explain.postprocess import DEFAULT_EPS, check_normalize, to_heatmaps, upsample
+from xaikit.explain.result import Explanation
+from xaikit.explain.scorecam import DEFAULT_BATCH_SIZE, FILL_RULES, score_cam
+from xaikit.explain.state import borrowed
+from xaikit.explain.targets import resolve_targets
+
+SCORE_CAM_METHODS = ("scorecam", "scorecam-fast")
+CAM_NAMES = (*CAM_METHODS, *SCORE_CAM_METHODS)
+GRADIENT_NAMES = (
+    "saliency",
+    "inputxgrad",
+    "ig",
+    "smoothgrad",
+    "guided-backprop",
+    "guided-gradcam",
+    "occlusion",
+)
+METHODS = (*CAM_NAMES, *GRADIENT_NAMES)
+#: Options of the Score-CAM methods (the others go to the gradient methods).
+SCORE_CAM_OPTIONS = {"scorecam": ("batch_size",), "scorecam-fast": ("batch_size", "top_k", "fill")}
+
+
+@dataclass
+class Settings:
+    """Everything but the model, the inputs and the targets (see :func:`xaikit.explain`)."""
+
+    layer: str | nn.Module = "auto"
+    score: str = "logit"
+    normalize: str | None = "minmax"
+    eps: float = DEFAULT_EPS
+    output: OutputSelector = None
+    attribute_to: InputKey = 0
+    class_names: Sequence[str] | None = None
+    seed: int | None = None
+    quiet: bool | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def check_methods(method: str | Sequence[str]) -> list[str]:
+    """The requested method names, validated and without duplicates (order kept)."""
+    names = [method] if isinstance(method, str) else list(method)
+    if not names:
+        raise XaikitConfigError(f"method is empty; choose from {', '.join(METHODS)}")
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise XaikitConfigError(
+            f"unknown method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(METHODS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _gradient_registry() -> Mapping[str, Callable[..., torch.Tensor]]:
+    try:
+        from xaikit.explain.gradients import GRADIENT_METHODS
+    except ImportError as err:  # pragma: no cover - the module ships with xaikit
+        raise XaikitConfigError(f"gradient methods are not available ({err})") from None
+    return GRADIENT_METHODS
+
+
+def _gradient_fn(name: str) -> Callable[..., torch.Tensor]:
+    registry = _gradient_registry()
+    key = "guided-backprop" if name == "guided-gradcam" else name
+    if key not in registry:
+        raise XaikitConfigError(f"method {name!r} is not available in this version of xaikit")
+    return registry[key]
+
+
+def _accepted(fn: Callable[..., Any]) -> set[str]:
+    params = inspect.signature(fn).parameters.values()
+    return {
+        p.name
+        for p in params
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("seed",)
+    } - {"forward", "inputs", "targets"}
+
+
+def route_options(methods: Sequence[str], options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Give every method the options it takes; an option no method takes is an error."""
+    routed: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    used: set[str] = set()
+    accepted_all: set[str] = set()
+    for m in methods:
+        if m in GRADIENT_NAMES:
+            accepted = _accepted(_gradient_fn(m))
+        else:
+            accepted = set(SCORE_CAM_OPTIONS.get(m, ()))
+        accepted_all |= accepted
+        for key, value in options.items():
+            if key in accepted:
+                routed[m][key] = value
+                used.add(key)
+    unknown = sorted(set(options) - used)
+    if unknown:
+        takes = ", ".join(sorted(accepted_all)) or "no extra options"
+        raise XaikitConfigError(
+            f"unknown option(s) {', '.join(unknown)} for method(s) {', '.join(methods)} "
+            f"(they take: {takes})"
+        )
+    return routed
+
+
+def layer_gradients(selected: torch.Tensor, activations: torch.Tensor, layer: str) -> torch.Tensor:
+    """``d selected[n, k] / d A[n]`` for every target: ``(N, K)``, ``(N, C, *s)`` ->
+    ``(N, K, C, *s)``, by one vector-Jacobian product per target, batched.
+
+    Inputs of a batch are independent (the model is in eval mode), so one backward pass of
+    ``sum_n selected[n, k]`` gives every input's gradient for target ``k``; the ``K`` targets
+    are batched by ``is_grads_batched`` (vmap over one-hot output gradients). An operation
+    without a batching rule falls back to ``K`` backward passes over the retained graph.
+    """
+    n, k = selected.shape
+    if not selected.requires_grad:
+        raise XaikitConfigError(
+            f"the explained scores do not depend on layer {layer!r} through differentiable "
+            "operations (is it after the output, or detached inside the model?); choose a "
+            "layer before the head"
+        )
+    if k == 1:
+        (grads,) = torch.autograd.grad(selected.sum(), activations, allow_unused=True)
+        if grads is None:
+            raise _unused(layer)
+        return grads.unsqueeze(1)
+    one_hot = torch.eye(k, dtype=selected.dtype, device=selected.device)
+    one_hot = one_hot.unsqueeze(1).expand(k, n, k)
+    try:
+        (grads,) = torch.autograd.grad(
+            selected,
+            activations,
+            one_hot,
+            retain_graph=True,
+            is_grads_batched=True,
+            allow_unused=True,
+        )
+    except RuntimeError:
+        parts = [
+            torch.autograd.grad(selected[:, j].sum(), activations, retain_graph=True)[0]
+            for j in range(k)
+        ]
+        grads = torch.stack(parts, dim=0)
+    if grads is None:
+        raise _unused(layer)
+    return grads.movedim(0, 1)
+
+
+def _unused(layer: str) -> XaikitConfigError:
+    return XaikitConfigError(
+        f"the explained scores do not depend on layer {layer!r} (the gradient does not reach "
+        "it); choose a layer on the path from the input to the output"
+    )
+
+
+def _layer_name(layer: str | nn.Module, wrapped: bool) -> str | nn.Module:
+    # A name copied from a DataParallel model's named_modules() starts with "module.".
+    if wrapped and isinstance(layer, str) and layer.startswith("module."):
+        return layer[len("module.") :]
+    return layer
+
+
+def run(
+    model: nn.Module,
+    inputs: Any,
+    methods: Sequence[str],
+    target: Any,
+    settings: Settings,
+) -> dict[str, Explanation]:
+    """Explain ``inputs`` with every method in ``methods``; returns ``{method: Explanation}``.
+
+    See :func:`xaikit.explain.explain` for the arguments. The model is borrowed for the call
+    (eval mode, frozen parameters, grad enabled) and restored afterwards, exception or not.
+    """
+    methods = check_methods(methods)
+    check_normalize(settings.normalize)
+    routed = route_options(methods, settings.options)
+    adapter = ModelAdapter(
+        model,
+        inputs,
+        output=settings.output,
+        attribute_to=settings.attribute_to,
+        score=settings.score,
+    )
+    class_names = settings.class_names
+    if class_names is None:
+        class_names = getattr(adapter.model, "class_names", None)
+    with torch.inference_mode(False), borrowed(adapter.model):
+        adapter.warn_final_activation()
+        return _run(adapter, methods, target, settings, routed, class_names, model)
+
+
+def _run(
+    adapter: ModelAdapter,
+    methods: list[str],
+    target: Any,
+    settings: Settings,
+    routed: dict[str, dict[str, Any]],
+    class_names: Sequence[str] | None,
+    original: nn.Module,
+) -> dict[str, Explanation]:
+    x = adapter.x
+    n = x.shape[0]
+    size = tuple(x.shape[2:])
+    cams = [m for m in methods if m in CAM_NAMES]
+    if "guided-gradcam" in methods and "gradcam" not in cams:
+        cams.append("gradcam")  # computed for Guided Grad-CAM, not returned on its own
+    needs_grads = any(m in CAM_METHODS and CAM_METHODS[m].needs_gradients for m in cams)
+
+    layer_name: str | None = None
+    activations: torch.Tensor | None = None
+    if cams:
+        layer = _layer_name(settings.layer, adapter.model is not original)
+        layer_name, module = resolve_layer(adapter.model, layer, x, adapter.trace_forward())
+        with Capture(adapter.model, {layer_name: module}, grad=needs_grads) as capture:
+            args, kwargs = adapter.inputs.with_input(x)
+            output = capture.run(*args, **kwargs)
+        activations = capture.activations[layer_name]
+        logits = adapter.logits(output, n)
+    else:
+        with torch.no_grad():
+            logits = adapter.logits(adapter.call(x), n)
+
+    targets = resolve_targets(
+        target,
+        logits,
+        task=adapter.task,
+        predict=adapter.predict,
+        class_names=class_names,
+    )
+    index = targets.gather_index()
+    scores = adapter.scores(logits)
+    selected = scores.gather(1, index)  # (N, K)
+    if targets.k == 0:
+        warnings.warn(
+            "no targets to explain (e.g. target='positive' and the model predicts no label "
+            "for any input); the maps have K = 0",
+            ExplainWarning,
+            stacklevel=4,
+        )
+
+    raws: dict[str, torch.Tensor] = {}
+    if cams and activations is not None:
+        gradients = None
+        if needs_grads and targets.k > 0:
+            gradients = layer_gradients(selected, activations, layer_name or "")
+        acts = activations.detach()
+        for name in cams:
+            if name in CAM_METHODS:
+                if targets.k == 0:
+                    raws[name] = acts.new_zeros(n, 0, *acts.shape[2:])
+                    continue
+                raws[name] = CAM_METHODS[name].map(acts, gradients, targets.k)
+            else:
+                raws[name] = _score_cam(adapter, name, acts, index, settings, routed[name])
+    del selected, scores
+
+    for name in methods:
+        if name in GRADIENT_NAMES:
+            raws[name] = _gradient_method(adapter, name, index, settings, routed[name], raws, size)
+
+    with torch.no_grad():
+        valid = targets.valid
+        explained = adapter.scores(logits.detach()).gather(1, index) * valid
+        probabilities = adapter.probabilities(logits.detach()).gather(1, index) * valid
+    results: dict[str, Explanation] = {}
+    degenerate_total = 0
+    for name in methods:
+        raw = raws[name].detach()
+        if not bool(valid.all()):
+            raw = raw * valid.reshape(*valid.shape, *[1] * (raw.dim() - 2)).to(raw.dtype)
+        maps, degenerate = to_heatmaps(
+            raw,
+            size,
+            relu=name in CAM_NAMES,
+            normalize=settings.normalize,
+            eps=settings.eps,
+            valid=valid,
+        )
+        degenerate_total += int(degenerate.sum())
+        results[name] = Explanation(
+            maps=maps,
+            raw=raw,
+            targets=targets.indices,
+            valid=valid,
+            scores=explained,
+            probabilities=probabilities,
+            degenerate=degenerate,
+            method=name,
+            layer=layer_name if name in CAM_NAMES or name == "guided-gradcam" else None,
+            score=settings.score,
+            normalize=settings.normalize,
+            single=targets.single,
+            class_names=list(class_names) if class_names is not None else None,
+            options=dict(routed.get(name, {})),
+        )
+    if degenerate_total:
+        _warn_degenerate(results, layer_name)
+    return results
+
+
+def _score_cam(
+    adapter: ModelAdapter,
+    name: str,
+    activations: torch.Tensor,
+    index: torch.Tensor,
+    settings: Settings,
+    options: dict[str, Any],
+) -> torch.Tensor:
+    batch_size = options.get("batch_size", DEFAULT_BATCH_SIZE)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise XaikitConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if index.shape[1] == 0:
+        return activations.new_zeros(index.shape[0], 0, *activations.shape[2:])
+    top_k = None
+    fill = "mean"
+    if name == "scorecam-fast":
+        channels = activations.shape[1]
+        top_k = options.get("top_k", max(1, channels // 8))
+        fill = options.get("fill", "mean")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise XaikitConfigError(f"top_k must be a positive integer, got {top_k!r}")
+        if fill not in FILL_RULES:
+            raise XaikitConfigError(f"fill must be one of {', '.join(FILL_RULES)}; got {fill!r}")
+    return score_cam(
+        adapter.forward,
+        adapter.x,
+        activations,
+        index,
+        batch_size=batch_size,
+        top_k=top_k,
+        fill=fill,
+        quiet=settings.quiet,
+    )
+
+
+def _gradient_method(
+    adapter: ModelAdapter,
+    name: str,
+    index: torch.Tensor,
+    settings: Settings,
+    options: dict[str, Any],
+    raws: dict[str, torch.Tensor],
+    size: tuple[int, ...],
+) -> torch.Tensor:
+    x = adapter.x
+    if index.shape[1] == 0:
+        return x.new_zeros(x.shape[0], 0, *size)
+    fn = _gradient_fn(name)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return adapter.forward(batch)
+
+    maps = fn(forward, x, index, seed=settings.seed, **options)
+    if name == "guided-gradcam":
+        cam = upsample(raws["gradcam"].clamp_min(0).to(maps.dtype), size)
+        maps = maps * cam
+    return maps
+
+
+def _warn_degenerate(results: Mapping[str, Explanation], layer: str | None) -> None:
+    parts = []
+    for name, result in results.items():
+        count = int(result.degenerate.sum())
+        if count:
+            total = int(result.valid.sum())
+            parts.append(f"{name}: {count} of {total}")
+    where = f" at layer {layer!r}" if layer else ""
+    warnings.warn(
+        f"constant heatmaps ({'; '.join(parts)}) were returned as zeros and flagged in "
+        f"Explanation.degenerate (e.g. a CAM with no positive evidence{where}: try another "
+        "layer or target)",
+        ExplainWarning,
+        stacklevel=5,
+    )

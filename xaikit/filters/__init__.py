@@ -1,0 +1,49 @@
+"""Inspect learned filters: kernels, feature maps, activation maximization, dataset
+exemplars, per-channel atlases, and LSTM gates and cell states.
+
+=====================  ==================================================================
+``weights``            a convolution's kernels as a labelled image grid
+``activations``        feature maps of inputs at one or more layers, and their grid
+``maximize``           the input that makes each channel fire most (feature visualization)
+``exemplars``          the top-k data set inputs per channel, with receptive-field crops
+``atlas``              kernel + maximization + exemplars per channel, figure and HTML
+``lstm_states``        an ``nn.LSTM``'s gates, cell and hidden states per time step
+``receptive_field``    the input region a layer's output positions see
+=====================  ==================================================================
+"""
+
+from xaikit.filters import objectives
+from xaikit.filters.activations import FeatureMaps, activations
+from xaikit.filters.atlas import Atlas, atlas
+from xaikit.filters.exemplars import Exemplars, exemplars
+from xaikit.filters.lstm import LSTMStates, lstm_states, lstm_states_all
+from xaikit.filters.maximize import Maximization, maximize
+from xaikit.filters.objectives import Objective, channel, class_logit, diversity, l2, neuron, tv
+from xaikit.filters.receptive_field import ReceptiveField, receptive_field
+from xaikit.filters.weights import Kernels, weights
+
+__all__ = [
+    "Atlas",
+    "Exemplars",
+    "FeatureMaps",
+    "Kernels",
+    "LSTMStates",
+    "Maximization",
+    "Objective",
+    "ReceptiveField",
+    "activations",
+    "atlas",
+    "channel",
+    "class_logit",
+    "diversity",
+    "exemplars",
+    "l2",
+    "lstm_states",
+    "lstm_states_all",
+    "maximize",
+    "neuron",
+    "objectives",
+    "receptive_field",
+    "tv",
+    "weights",
+]

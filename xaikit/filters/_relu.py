@@ -1,0 +1,52 @@
+"""Lucid's "redirected ReLU" gradient for the first steps of activation maximization.
+
+A channel that is zero (a dead ReLU) on the grey starting image gets no gradient at all, so
+plain gradient ascent leaves it grey. For the first few steps, where an element's ordinary
+ReLU gradient is zero everywhere, the gradient is let through wherever it would push a
+negative pre-activation *up* (towards firing), and blocked where it would push it further
+down (Olah et al., 2017, "Feature Visualization"; Lucid's ``redirected_relu_grad``). The
+decision is per batch element, so elements stay independent.
+
+It is applied by a ``TorchFunctionMode`` while the forward pass runs: every ``relu`` the
+model calls, as a module or a function, is swapped for the redirected one. The model and its
+modules are not touched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_RELUS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+
+
+class _RedirectedReLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
+        # grad is d(loss)/d(output) for a loss being minimized: a positive grad at a negative
+        # input would push it lower still, so only that is blocked.
+        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
+        alive = relu_grad.flatten(1).abs().amax(dim=1) > 0
+        alive = alive.reshape(-1, *([1] * (x.dim() - 1)))
+        return torch.where(alive, relu_grad, redirected)
+
+
+class RedirectedReLU(TorchFunctionMode):
+    """Within this mode, ``relu`` on tensors that need a gradient uses the redirected
+    gradient (forward values are unchanged)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELUS:
+            x = args[0] if args else kwargs["input"]
+            if isinstance(x, torch.Tensor) and x.requires_grad and x.dim() > 1:
+                return _RedirectedReLUFunction.apply(x)
+        return func(*args, **kwargs)

@@ -1,0 +1,244 @@
+"""Dataset exemplars: the inputs of a data set that make each channel fire most.
+
+One streaming pass over the data set: each batch runs forward only up to the layer
+(``Capture(stop=True)``), every channel's score per input is reduced from its map, and a
+running per-channel top-k (values, data set indices, strongest positions) is merged with the
+batch's scores. Memory stays ``O(k * C)`` plus one batch; inputs are not kept, only their
+indices. Afterwards the top inputs are fetched again by index and cropped to the receptive
+field around the strongest position (:mod:`xaikit.filters.receptive_field`), as in
+Zeiler & Fergus, 2014, "Visualizing and Understanding Convolutional Networks" and the
+dataset examples of Olah et al., 2017, "Feature Visualization".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from xaikit.errors import DataError, XaikitConfigError
+from xaikit.explain.hooks import Capture
+from xaikit.explain.layers import resolve_layer
+from xaikit.explain.state import borrowed, model_device
+from xaikit.filters._common import (
+    Normalization,
+    apply_normalization,
+    dataset_size,
+    fetch_inputs,
+    is_quiet,
+    iter_batches,
+    model_dtype,
+    normalizer,
+)
+from xaikit.filters._plot import grid_axes, new_figure
+from xaikit.filters.receptive_field import ReceptiveField, trace_receptive_field
+
+REDUCE = ("max", "mean")
+
+
+@dataclass
+class Exemplars:
+    """The top-k inputs of a data set per channel, best first.
+
+    Attributes:
+        layer: the layer's name.
+        channels: the channels, one row each.
+        reduce: ``"max"``: an input's score is its channel map's maximum (the strongest
+            single position); ``"mean"``: the map's mean (how much of the input fires it).
+        values: ``(C, k)`` the scores, descending.
+        indices: ``(C, k)`` long: data set indices of the inputs. Ties go to the lower index.
+        positions: ``(C, k, dims)`` long: where each input's map peaks (``dims = 0`` for a
+            layer without spatial dimensions).
+        receptive_field: the layer's receptive field, or ``None`` (no spatial dimensions, or
+            untraceable).
+        boxes: ``(C, k, dims, 2)`` long: each crop's ``[lo, hi)`` per input dimension.
+        crops: ``(C, k, C_in, *crop)``: the input region around each peak, ``min(field,
+            input)`` pixels per dimension, inside the input (the whole input when the layer
+            has no receptive field to crop to); ``None`` when ``crops=False``.
+    """
+
+    layer: str
+    channels: list[int]
+    reduce: str
+    values: torch.Tensor
+    indices: torch.Tensor
+    positions: torch.Tensor
+    receptive_field: ReceptiveField | None
+    boxes: torch.Tensor | None
+    crops: torch.Tensor | None
+
+    @cached_property
+    def figure(self) -> Figure:
+        """One row per channel: its top-k crops (or inputs), labelled with the data set index
+        and score."""
+        if self.crops is None:
+            raise XaikitConfigError("exemplars were computed with crops=False; nothing to draw")
+        crops = self.crops.detach().float().cpu()
+        count, k = crops.shape[:2]
+        if crops.dim() == 4:  # signals (C, k, C_in, L): 1-row images
+            crops = crops.unsqueeze(3)
+        flat = crops.flatten(0, 1).clamp(0, 1)
+        labels = [
+            f"c{c} #{int(i)}: {float(v):.2g}"
+            for c, row_i, row_v in zip(self.channels, self.indices, self.values)
+            for i, v in zip(row_i, row_v)
+        ]
+        fig = new_figure(min(1.3 * k + 0.5, 16), min(1.3 * count + 0.8, 60))
+        grid_axes(fig, flat, labels, ncols=k, title=f"{self.layer}: top {k} inputs ({self.reduce})")
+        return fig
+
+
+def _merge(
+    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    new: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the ``k`` highest of the running ``(values, indices, positions)`` (each
+    ``(C, m)``) and a batch's ``(C, n)``. A stable sort keeps ties in index order (the
+    running entries come from earlier, lower indices), which ``torch.topk`` does not
+    promise; sorting ``k + n`` numbers per channel costs no more than a top-k here."""
+    values = torch.cat([best[0], new[0]], dim=1)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+    return tuple(torch.cat([b, n], dim=1).gather(1, order) for b, n in zip(best, new))
+
+
+def exemplars(
+    model: nn.Module,
+    layer: str | nn.Module,
+    dataset: Dataset | torch.Tensor,
+    k: int = 9,
+    *,
+    channels: Sequence[int] | None = None,
+    reduce: str = "max",
+    batch_size: int = 64,
+    normalization: Normalization | None = None,
+    crops: bool = True,
+    quiet: bool | None = None,
+) -> Exemplars:
+    """The ``k`` inputs of ``dataset`` that activate each channel of ``layer`` most.
+
+    One pass, batched, the forward pass stopped at the layer; memory ``O(k * C)``.
+
+    Args:
+        model: the network.
+        layer: a name, a module or ``"auto"``; its output is ``(N, C, *spatial)`` or ``(N, C)``.
+        dataset: a map-style data set of inputs or ``(input, target[, mask])`` items, or a
+            tensor ``(N, C_in, *spatial)``. Inputs are unnormalized.
+        k: exemplars per channel (at most the data set size).
+        channels: which channels (default: all).
+        reduce: ``"max"`` or ``"mean"`` over each channel map (see :class:`Exemplars`).
+        batch_size: inputs per forward pass.
+        normalization: ``{"mean": [...], "std": [...]}`` applied before the model.
+        crops: also fetch the top inputs and crop them to the receptive field.
+        quiet: no progress bar (default: ``$XAIKIT_QUIET``).
+
+    Returns:
+        :class:`Exemplars` with ``(C, k)`` values and indices on the model's device.
+
+    Raises:
+        XaikitConfigError: bad ``k``, ``reduce`` or channels; an unknown layer.
+        DataError: an empty data set or items that are not tensors.
+    """
+    if reduce not in REDUCE:
+        raise XaikitConfigError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+    size = dataset_size(dataset)
+    if size == 0:
+        raise DataError("the data set is empty")
+    if not 1 <= k <= size:
+        raise XaikitConfigError(f"k must be between 1 and the data set size {size}, got {k}")
+    device, dtype = model_device(model), model_dtype(model)
+    first = fetch_inputs(dataset, [0]).to(device, dtype)
+    name, module = resolve_layer(model, layer, first)
+    stats = normalizer(normalization, first.shape[1], first.dim() - 2, device)
+    chosen: torch.Tensor | None = None
+    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    spatial: tuple[int, ...] = ()
+    offset = 0
+    batches = tqdm(
+        iter_batches(dataset, batch_size),
+        total=-(-size // batch_size),
+        desc=f"exemplars {name}",
+        disable=is_quiet(quiet),
+        leave=False,
+    )
+    with borrowed(model), torch.no_grad(), Capture(model, {name: module}, stop=True) as capture:
+        for batch in batches:
+            capture.run(apply_normalization(batch.to(device, dtype), stats))
+            acts = capture.activations[name]
+            if chosen is None:
+                chosen = _channels(channels, acts.shape[1], name, device)
+                spatial = tuple(acts.shape[2:])
+                empty = acts.new_empty((len(chosen), 0))
+                best = (empty, empty.long(), empty.long())
+            maps = acts.index_select(1, chosen)
+            maps = maps.reshape(*maps.shape[:2], -1)  # (n, C, P); P = 1 without spatial dims
+            peak, where = maps.max(dim=2)
+            score = peak if reduce == "max" else maps.mean(dim=2)
+            n = score.shape[0]
+            index = torch.arange(offset, offset + n, device=device).expand(len(chosen), n)
+            best = _merge(best, (score.T, index, where.T), k)
+            offset += n
+    if best is None or chosen is None:
+        raise DataError("the data set yielded no inputs")
+    values, indices, flat_positions = best
+    if spatial:
+        positions = torch.stack(torch.unravel_index(flat_positions, spatial), dim=-1)
+    else:
+        positions = flat_positions.new_zeros((*flat_positions.shape, 0))
+    field = trace_receptive_field(model, name, first)[1] if spatial else None
+    result = Exemplars(name, chosen.tolist(), reduce, values, indices, positions, field, None, None)
+    if crops:
+        result.boxes, result.crops = _crops(dataset, indices, positions, field, device)
+    return result
+
+
+def _channels(
+    channels: Sequence[int] | None, count: int, layer: str, device: torch.device
+) -> torch.Tensor:
+    if channels is None:
+        return torch.arange(count, device=device)
+    chosen = [int(c) for c in channels]
+    if not chosen or min(chosen) < 0 or max(chosen) >= count:
+        raise XaikitConfigError(
+            f"channels {chosen} are out of range for {layer!r}, which has {count} channels "
+            f"(0..{count - 1})"
+        )
+    return torch.as_tensor(chosen, device=device)
+
+
+def _crops(
+    dataset: Dataset | torch.Tensor,
+    indices: torch.Tensor,
+    positions: torch.Tensor,
+    field: ReceptiveField | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fetch each distinct top input once and cut its receptive-field window around the
+    peak: ``(C, k, dims, 2)`` boxes and ``(C, k, C_in, *window)`` crops."""
+    unique, inverse = torch.unique(indices.cpu(), return_inverse=True)
+    inputs = fetch_inputs(dataset, unique.tolist()).to(device)
+    extent = inputs.shape[2:]
+    count, k = indices.shape
+    if field is None:
+        whole = torch.tensor([[0, s] for s in extent], device=device)
+        boxes = whole.expand(count, k, *whole.shape).clone()
+        return boxes, inputs[inverse.to(device)]
+    boxes = field.crop_boxes(positions, extent)
+    window = (boxes[0, 0, :, 1] - boxes[0, 0, :, 0]).tolist()
+    # Index only the windows (never C * k whole inputs): input number, then per dimension
+    # the coordinates lo + arange(window), broadcast against each other.
+    dims = len(extent)
+    index = [inverse.to(device).reshape(count, k, *([1] * dims))]
+    for d, length in enumerate(window):
+        shape = [count, k] + [1] * dims
+        shape[2 + d] = length
+        coords = boxes[..., d, 0, None] + torch.arange(length, device=device)
+        index.append(coords.reshape(shape))
+    crops = inputs.movedim(1, -1)[tuple(index)]  # (C, k, *window, C_in)
+    return boxes, crops.movedim(-1, 2)

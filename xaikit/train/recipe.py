@@ -1,0 +1,210 @@
+"""Training recipes: one TOML file (or dict) that says data, model and optimizer, so a
+reference model is reproduced by ``xaikit train --recipe models/<name>.toml``.
+
+A recipe has three tables::
+
+    [data]                      # xaikit.data.load(name, split, **options)
+    name = "shapes"
+    options = { n = 10000, size = 64, seed = 0 }
+    test_options = { n = 2000 } # extra options for the test split
+    val_fraction = 0.1          # held out of the training split, picks the best epoch
+
+    [model]                     # xaikit.create_model(arch, **options)
+    arch = "simple_cnn"
+    options = { widths = [16, 32, 64] }
+
+    [train]                     # xaikit.Trainer(model, **options).fit(..., epochs=epochs)
+    epochs = 10
+    options = { optimizer = "adam", lr = 3e-3, scheduler = "onecycle", seed = 0 }
+
+``num_classes``, ``task`` and ``in_channels`` of the model come from the data set unless
+the model table sets them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import random_split
+
+from xaikit.errors import XaikitConfigError
+from xaikit.io import atomic_write_json
+from xaikit.zoo.checkpoint import load_model, save_model
+from xaikit.zoo.registry import arch_info, create_model
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: metrics reported for the test split, by task; the first is the headline.
+FINAL_METRICS = {
+    "multiclass": ("accuracy", "top5_accuracy"),
+    "multilabel": ("map", "f1_micro", "f1_macro", "subset_accuracy"),
+    "binary": ("accuracy", "f1", "auroc"),
+}
+
+
+@dataclass
+class Recipe:
+    """What to train on, what to train and how (see the module docstring)."""
+
+    data: str
+    model: str
+    epochs: int = 10
+    data_options: dict[str, Any] = field(default_factory=dict)
+    test_options: dict[str, Any] = field(default_factory=dict)
+    val_fraction: float = 0.1
+    model_options: dict[str, Any] = field(default_factory=dict)
+    train_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "recipe") -> Recipe:
+        known = {"data", "model", "train", "name", "description", "targets"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise XaikitConfigError(f"{source}: unknown table(s) {', '.join(unknown)}")
+        data, model, train = raw.get("data", {}), raw.get("model", {}), raw.get("train", {})
+        if "name" not in data or "arch" not in model:
+            raise XaikitConfigError(f"{source}: needs [data] name = ... and [model] arch = ...")
+        return cls(
+            data=data["name"],
+            model=model["arch"],
+            epochs=int(train.get("epochs", 10)),
+            data_options=dict(data.get("options", {})),
+            test_options=dict(data.get("test_options", {})),
+            val_fraction=float(data.get("val_fraction", 0.1)),
+            model_options=dict(model.get("options", {})),
+            train_options=dict(train.get("options", {})),
+        )
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Recipe:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise XaikitConfigError(f"{path}: recipe not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise XaikitConfigError(f"{path}: not a valid TOML recipe ({err})") from None
+        return cls.from_dict(raw, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": {
+                "name": self.data,
+                "options": self.data_options,
+                "test_options": self.test_options,
+                "val_fraction": self.val_fraction,
+            },
+            "model": {"arch": self.model, "options": self.model_options},
+            "train": {"epochs": self.epochs, "options": self.train_options},
+        }
+
+
+@dataclass
+class TrainingRun:
+    """What :func:`train_recipe` produced."""
+
+    model: torch.nn.Module
+    metrics: dict[str, Any]
+    checkpoint: Path
+    history_files: dict[str, Path]
+
+
+def _split(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any | None]:
+    if not 0.0 <= fraction < 1.0:
+        raise XaikitConfigError(f"val_fraction must be in [0, 1), got {fraction}")
+    n_val = round(len(dataset) * fraction)
+    if n_val == 0:
+        return dataset, None
+    generator = torch.Generator().manual_seed(seed)
+    train, val = random_split(dataset, [len(dataset) - n_val, n_val], generator=generator)
+    return train, val
+
+
+def build_model(recipe: Recipe, dataset: Any, seed: int = 0) -> torch.nn.Module:
+    """The recipe's architecture, sized for ``dataset`` (classes, task, input channels), with
+    initial weights drawn from ``seed`` (the global RNG is left as it was)."""
+    options = dict(recipe.model_options)
+    sample = dataset[0][0]
+    kind = arch_info(recipe.model).input_kind if ":" not in recipe.model else "image"
+    options.setdefault("num_classes", len(dataset.classes))
+    options.setdefault("task", dataset.task)
+    channels = sample.shape[-1] if kind == "sequence" else sample.shape[0]
+    options.setdefault("in_channels", int(channels))
+    if kind in ("image", "signal") and ":" not in recipe.model:
+        options.setdefault("input_size", int(sample.shape[-1]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(recipe.model, **options)
+
+
+def train_recipe(
+    recipe: Recipe,
+    out: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+) -> TrainingRun:
+    """Train ``recipe`` into ``out``: ``best``/``last`` checkpoints during training, then the
+    chosen model (the best validation epoch) as ``model`` with its test metrics in the card,
+    ``history.csv``/``.json``, ``curves.png`` and ``metrics.json``.
+
+    ``resume=True`` continues from ``out/last`` exactly where it stopped.
+    """
+    from xaikit.data import load
+    from xaikit.train.trainer import Trainer
+
+    out = Path(out)
+    seed = int(recipe.train_options.get("seed", 0))
+    full_train = load(recipe.data, "train", **recipe.data_options)
+    test = load(recipe.data, "test", **{**recipe.data_options, **recipe.test_options})
+    train, val = _split(full_train, recipe.val_fraction, seed)
+    model = build_model(recipe, full_train, seed)
+    card = {
+        "data": {"name": recipe.data, "options": recipe.data_options},
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+    }
+    trainer = Trainer(
+        model,
+        **{"device": device, "quiet": quiet, **recipe.train_options},
+        checkpoint_dir=out,
+        card=card,
+    )
+    last = out / "last.safetensors"
+    if resume and not last.exists():
+        raise XaikitConfigError(f"--resume: no checkpoint to resume from in {out}")
+    trainer.fit(train, val, epochs=recipe.epochs, resume=out / "last" if resume else None)
+    history_files = trainer.save_history(out)
+    chosen = trainer.best_checkpoint if val is not None else trainer.last_checkpoint
+    if chosen is not None:
+        model, chosen_card = load_model(chosen, device=trainer.device)
+        card = {**chosen_card, **card}
+    trainer_eval = copy.copy(trainer)
+    trainer_eval.model = model
+    results = trainer_eval.evaluate(test)
+    task = trainer.task.name
+    metrics = {f"test_{k}": results[k] for k in FINAL_METRICS.get(task, ()) if k in results}
+    metrics["test_loss"] = results.get("loss")
+    metrics["epochs"] = trainer.epoch
+    for key in ("confusion_matrix", "per_class_accuracy", "per_class_ap"):
+        if key in results:
+            metrics[f"test_{key}"] = results[key]
+    keep = {
+        k: v
+        for k, v in card.items()
+        if k not in ("format", "format_version", "architecture", "config", "task", "weights_file")
+        and k not in ("weights_sha256", "xaikit_version", "torch_version", "created", "metrics")
+    }
+    checkpoint = save_model(model, out / "model", **{**keep, "metrics": metrics})
+    atomic_write_json(out / "metrics.json", metrics)
+    return TrainingRun(model, metrics, checkpoint, history_files)
