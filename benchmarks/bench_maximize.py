@@ -12,10 +12,10 @@ Four ways to render the same ``--channels`` channels of one layer, at equal step
 The cases are interleaved round by round; reported are median seconds per channel and the
 median over rounds of each case's time relative to ``single+full`` in the same round (a
 noisy shared machine slows both sides of a ratio alike), and each case's largest pixel
-difference from ``batched+stop``. Goal (issue #5): ``batched+stop`` at least 3x faster per channel than
-``single+full``.
+difference from ``batched+stop``. Goal (issue #5): ``batched+stop`` at least 3x faster per
+channel than ``single+full``.
 
-    python benchmarks/bench_maximize.py                       # resnet_small, 64 px, CPU
+    python benchmarks/bench_maximize.py                       # resnet_small, 32 px, CPU
     python benchmarks/bench_maximize.py --device cuda --size 128 --channels 32
 """
 
@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet_small", help="zoo architecture")
     parser.add_argument("--layer", default="features.stage1", help="layer to maximize")
     parser.add_argument("--channels", type=int, default=16, help="channels rendered")
-    parser.add_argument("--size", type=int, default=64, help="image side")
-    parser.add_argument("--steps", type=int, default=16, help="optimization steps")
+    parser.add_argument("--size", type=int, default=32, help="image side (the zoo default)")
+    parser.add_argument("--steps", type=int, default=32, help="optimization steps")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")

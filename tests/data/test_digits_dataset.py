@@ -46,3 +46,13 @@ def test_seed_changes_the_split_deterministically():
     a, b = load("digits", "test", seed=1), load("digits", "test", seed=1)
     assert torch.equal(a.inputs, b.inputs)
     assert not torch.equal(a.inputs, load("digits", "test").inputs)
+
+
+def test_items_are_normalized_and_raw_inputs_are_pixels():
+    train = load("digits", "train")
+    mean, std = train.normalization["mean"][0], train.normalization["std"][0]
+    x, _ = train[5]
+    torch.testing.assert_close(x, (train.inputs[5] - mean) / std)
+    torch.testing.assert_close(train.raw_input(5), train.inputs[5])
+    stacked = torch.stack([train[i][0] for i in range(len(train))])
+    assert abs(float(stacked.mean())) < 1e-4 and abs(float(stacked.std(unbiased=False)) - 1) < 1e-3

@@ -34,7 +34,10 @@ def test_mnist_style_files_are_read_offline(tmp_path, write_idx, name, folder):
     assert (len(train), len(test)) == (6, 3)
     x, y = test[1]
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and int(y) == 1
-    torch.testing.assert_close(x[0], torch.from_numpy(images["t10k"][1]).float() / 255)
+    pixels = torch.from_numpy(images["t10k"][1]).float() / 255
+    torch.testing.assert_close(test.raw_input(1)[0], pixels)
+    mean, std = test.normalization["mean"][0], test.normalization["std"][0]
+    torch.testing.assert_close(x[0], (pixels - mean) / std)  # items are model-ready
     assert len(train.classes) == 10 and train.normalization["mean"][0] > 0
 
 

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from explain_nets import conv_by_hand
 from torch import nn
 
 import xaikit.explain as X
@@ -244,3 +245,27 @@ def test_the_package_itself_is_callable(zoo_multiclass, images):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.testing.assert_close(X(zoo_multiclass, images), X.explain(zoo_multiclass, images))
+
+
+def test_a_registered_cam_method_runs_on_the_shared_capture(
+    conv_flat_net, tiny_images, monkeypatch
+):
+    def abs_gradcam(a, g, _k):
+        return X.cam.weighted_sum(a, g.abs().flatten(3).mean(dim=-1))
+
+    monkeypatch.setitem(X.CAM_METHODS, "abs-gradcam", X.CamMethod("abs-gradcam", "-", abs_gradcam))
+    both = X.explain(
+        conv_flat_net,
+        tiny_images,
+        method=["gradcam", "abs-gradcam"],
+        target=1,
+        layer="act",
+        return_result=True,
+    )
+    weights = conv_flat_net.fc.weight.detach()[1].reshape(3, 16).abs().mean(dim=1)  # (C,)
+    for n in range(3):
+        acts = conv_by_hand(conv_flat_net, tiny_images[n])
+        expected = (weights[:, None, None] * acts).sum(dim=0)
+        torch.testing.assert_close(both["abs-gradcam"].raw[n, 0], expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(XaikitConfigError, match="already registered"):
+        X.register_cam_method(X.CAM_METHODS["gradcam"])

@@ -221,3 +221,13 @@ def test_no_positive_label_anywhere_gives_k_zero_and_a_warning(zoo_multilabel, i
         )
     assert result["gradcam"].maps.shape == (4, 0, 16, 16)
     assert result["scorecam"].targets.shape == (4, 0)
+
+
+def test_label_names_come_from_class_names_or_the_model(zoo_multiclass, images):
+    names = ["circle", "square", "triangle", "cross", "star"]
+    by_option = X.explain(zoo_multiclass, images, target="cross", class_names=names)
+    torch.testing.assert_close(by_option, X.explain(zoo_multiclass, images, target=3))
+    zoo_multiclass.class_names = names
+    result = X.explain(zoo_multiclass, images, target=["star", "circle", 2, 1], return_result=True)
+    assert result.targets.flatten().tolist() == [4, 0, 2, 1]
+    assert [row[0] for row in result.target_names] == ["star", "circle", "triangle", "square"]

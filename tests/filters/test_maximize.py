@@ -195,3 +195,18 @@ def test_in_place_operations_after_the_layer_do_not_change_what_is_maximized():
     full = maximize(model, channels=[0, 1, 2, 3], stop=False, **common)
     assert (stopped.score > 0).any()  # minimizing a conv output: it goes negative, not 0
     torch.testing.assert_close(full.images, stopped.images, rtol=0, atol=1e-6)
+
+
+def test_redirected_relu_only_helps_elements_without_any_ordinary_gradient():
+    from xaikit.filters._relu import RedirectedReLU
+
+    x = torch.tensor([[-1.0, 2.0, -3.0], [-1.0, -2.0, -3.0]], requires_grad=True)
+    weights = torch.tensor([[1.0, 1.0, -1.0], [1.0, -1.0, 0.5]])
+    with RedirectedReLU():
+        out = torch.relu(x)
+    torch.testing.assert_close(out, x.detach().clamp(min=0))
+    score = (out * weights).sum()
+    (grad,) = torch.autograd.grad(-score, x)  # the loss maximize descends
+    # row 0 has an ordinary gradient (x > 0 at index 1): plain ReLU backward. Row 1 is all
+    # negative: the gradient passes where ascent raises the score (d(score)/d(out) > 0).
+    assert (-grad).tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.5]]

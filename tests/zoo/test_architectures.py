@@ -163,3 +163,17 @@ def test_pretrained_torchvision_without_network_fails_plainly(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(xaikit.CheckpointError, match="could not download pretrained weights"):
         xaikit.create_model("torchvision:resnet18", num_classes=1000, weights="DEFAULT")
+
+
+def test_chrono_init_sets_lstm_gate_biases():
+    torch.manual_seed(1)
+    model = xaikit.create_model(
+        "lstm", num_classes=4, in_channels=5, hidden_size=16, chrono_init=100
+    )
+    rnn = model.features.rnn
+    forget = rnn.bias_ih_l0[16:32]
+    assert torch.all(forget >= 0) and torch.all(forget <= torch.log(torch.tensor(99.0)))
+    assert torch.equal(rnn.bias_ih_l0[:16], -forget)
+    assert torch.count_nonzero(rnn.bias_hh_l0[:32]) == 0
+    with pytest.raises(XaikitConfigError, match="chrono_init"):
+        xaikit.create_model("gru", in_channels=1, chrono_init=100)

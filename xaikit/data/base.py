@@ -6,8 +6,11 @@ Every data set from :func:`xaikit.data.load` has
 - ``task``: ``"multiclass"`` (targets are int64 scalars) or ``"multilabel"`` (targets are
   float32 ``(K,)`` 0/1 vectors);
 - ``input_kind``: ``"image"`` ``(C, H, W)``, ``"signal"`` ``(C, L)`` or ``"sequence"`` ``(T, F)``;
-- ``normalization``: the per-channel ``{"mean": [...], "std": [...]}`` a model should apply
-  (inputs are returned unnormalized), or ``None`` to feed inputs as they are;
+- ``normalization``: the per-channel ``{"mean": [...], "std": [...]}`` already applied to the
+  inputs, or ``None``. Items are model-ready, like torchvision data with a ``Normalize``
+  transform; ``raw_input(i)`` (or :func:`xaikit.data.denormalize`) gives the ``[0, 1]`` pixels
+  back for display. A model trained on a data set records it in its card, and the image-file
+  loader applies the card's normalization, so files and data set items agree;
 - ``targets``: all targets at once, ``(N,)`` int64 or ``(N, K)`` float32;
 - ``has_ground_truth``: whether items are ``(input, target, mask)`` rather than ``(input, target)``.
 """
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from xaikit.data.normalization import normalize
 from xaikit.errors import DataError
 
 TASKS = ("multiclass", "multilabel")
@@ -107,10 +111,18 @@ class TensorDataset(XaiDataset):
         self.ground_truth = ground_truth
         self.scale = scale
 
-    def input(self, index: int) -> torch.Tensor:
-        """Input ``index`` as float32."""
+    def raw_input(self, index: int) -> torch.Tensor:
+        """Input ``index`` as float32 before normalization (``[0, 1]`` pixels for images)."""
         x = self.inputs[self._check_index(index)].to(torch.float32)
         return x * self.scale if self.scale is not None else x
+
+    def input(self, index: int) -> torch.Tensor:
+        """Input ``index`` as the model sees it: normalized when ``normalization`` is set."""
+        x = self.raw_input(index)
+        if self.normalization is None:
+            return x
+        channel_dim = -1 if self.input_kind == "sequence" else 0
+        return normalize(x, self.normalization, channel_dim=channel_dim)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         index = self._check_index(index)

@@ -4,10 +4,17 @@ Each sequence ``(T, F)`` has ``F = num_classes + 1`` features. A class marker, a
 the class's channel, sits at a random step in the first 10 % of the sequence; the label is that
 class. Every step carries small Gaussian noise (std 0.1) on the class channels and unit Gaussian
 noise on the last ("noise") channel, so the marker must be remembered for at least 90 % of the
-sequence through steps that only carry noise. A model that reads the last step's state (the
-zoo's default pooling) needs a memory that lasts that long: at the default ``T = 100`` an LSTM
-learns it and a plain tanh RNN stays near chance (Hochreiter & Schmidhuber, 1997, whose
-experiments 2a-2c pose the same kind of task).
+sequence through steps that only carry noise (the kind of task of Hochreiter & Schmidhuber,
+1997, experiments 2a-2c). A model that reads the last step's state (the zoo's default pooling)
+needs a memory that lasts that long.
+
+Measured at the default ``T = 100`` (4,000 training sequences, 32 hidden units, Adam 3e-3,
+batch 32, last-step pooling): an LSTM whose gate biases use chrono initialization (Tallec &
+Ollivier, 2018, "Can recurrent neural networks warp time?") reaches 100 % test accuracy within
+5 epochs; a plain tanh RNN stays at chance (25 %) after 20 epochs. An LSTM with PyTorch's
+default initialization also stays at chance for 30 epochs: its forget gates start near 0.5,
+so the marker's trace (about 0.5 ** 90) vanishes before training can pick it up. At ``T = 30``
+both learn it.
 
 Ground truth: each item is ``(sequence (T, F) float32, label int64, marker (T,) float32)`` where
 ``marker`` is one-hot at the marker's step (the only step that carries the label), so a temporal

@@ -16,9 +16,10 @@ Sizes at 64x64 (scaled with ``size``): ``shapes`` radius 8-20 px anywhere in the
 ``shapes-multilabel`` radius 8-15 px, each shape inside its own quadrant of the image.
 
 Everything is generated with tensor operations over a pixel grid, a few hundred images per
-chunk, on one intra-op thread (10,000 64x64 images take about 1.5 s on an idle CPU core, see
-``benchmarks/bench_shapes_generation.py``), and kept in memory compactly: uint8 pixels and one
-uint8 bit field per pixel for the masks (bit ``k`` set where class ``k`` is drawn).
+chunk, on one intra-op thread (10,000 64x64 images: about 2.2 s on a 2-core machine with a load
+average of 4, see ``benchmarks/bench_shapes_generation.py``), and kept in memory compactly:
+uint8 pixels and one uint8 bit field per pixel for the masks (bit ``k`` set where class ``k``
+is drawn).
 """
 
 from __future__ import annotations

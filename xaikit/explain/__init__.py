@@ -32,7 +32,7 @@ from xaikit.explain.api import (
     XGradCAM,
     explain,
 )
-from xaikit.explain.cam import CAM_METHODS, CamMethod
+from xaikit.explain.cam import CAM_METHODS, CamMethod, register_cam_method
 from xaikit.explain.engine import METHODS
 from xaikit.explain.hooks import Capture
 from xaikit.explain.layers import auto_layer, resolve_layer, trace_layers
@@ -70,6 +70,7 @@ __all__ = [
     "borrowed",
     "explain",
     "normalize_maps",
+    "register_cam_method",
     "resolve_layer",
     "resolve_targets",
     "select_output",

@@ -118,11 +118,17 @@ def as_scores(output: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def final_activation(model: nn.Module) -> str | None:
-    """``"Softmax"``, ``"LogSoftmax"`` or ``"Sigmoid"`` if that is the model's last leaf module."""
-    last = None
-    for module in model.modules():
-        if not any(True for _ in module.children()):
-            last = module
+    """``"Softmax"``, ``"LogSoftmax"`` or ``"Sigmoid"`` if that is the model's last leaf module.
+
+    The last leaf in registration order (the end of ``model.modules()``) is found by following
+    the last child down, in time proportional to the depth.
+    """
+    last = model
+    while True:
+        children = [child for child in last._modules.values() if child is not None]
+        if not children:
+            break
+        last = children[-1]
     if isinstance(last, (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)):
         return type(last).__name__
     return None
@@ -334,10 +340,10 @@ class ModelAdapter:
     def trace_forward(self) -> Callable[[torch.Tensor], Any]:
         """A forward on the first sample, for tracing layers (``layer="auto"``); it returns
         the selected scores when they can be selected (the auto rule reads their width)."""
-        zero = torch.zeros(1, dtype=torch.long, device=self.device)
 
         def forward(x: torch.Tensor) -> Any:
-            output = self.call(x, zero.expand(x.shape[0]))
+            rows = torch.zeros(x.shape[0], dtype=torch.long, device=self.device)
+            output = self.call(x, rows)
             try:
                 return select_output(output, self.output)
             except XaikitConfigError:

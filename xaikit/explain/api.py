@@ -21,7 +21,7 @@ from torch import nn
 
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.adapter import InputKey, OutputSelector
-from xaikit.explain.engine import METHODS, Settings, check_methods, run
+from xaikit.explain.engine import Settings, check_methods, method_names, run
 from xaikit.explain.postprocess import DEFAULT_EPS
 from xaikit.explain.result import Explanation
 
@@ -140,7 +140,9 @@ class Explainer:
     ) -> None:
         chosen = method if method is not None else type(self).method
         if chosen is None:
-            raise XaikitConfigError(f"Explainer needs a method; choose from {', '.join(METHODS)}")
+            raise XaikitConfigError(
+                f"Explainer needs a method; choose from {', '.join(method_names())}"
+            )
         check_methods(chosen)
         self.model: nn.Module | None = model
         self.methods = chosen

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from xaikit.errors import XaikitConfigError
+
 #: Added to denominators exactly as in pytorch-grad-cam, so results can be compared.
 GRADCAM_PP_EPS = 1e-6
 XGRADCAM_EPS = 1e-7
@@ -202,3 +204,11 @@ CAM_METHODS: dict[str, CamMethod] = {
         ),
     )
 }
+
+
+def register_cam_method(method: CamMethod) -> None:
+    """Add a CAM method to :data:`CAM_METHODS`, so ``explain(method=method.name)`` runs it
+    on the shared activations and gradients. The name must be new."""
+    if method.name in CAM_METHODS:
+        raise XaikitConfigError(f"a CAM method named {method.name!r} is already registered")
+    CAM_METHODS[method.name] = method

@@ -36,7 +36,6 @@ from xaikit.explain.state import borrowed
 from xaikit.explain.targets import resolve_targets
 
 SCORE_CAM_METHODS = ("scorecam", "scorecam-fast")
-CAM_NAMES = (*CAM_METHODS, *SCORE_CAM_METHODS)
 GRADIENT_NAMES = (
     "saliency",
     "inputxgrad",
@@ -46,7 +45,20 @@ GRADIENT_NAMES = (
     "guided-gradcam",
     "occlusion",
 )
-METHODS = (*CAM_NAMES, *GRADIENT_NAMES)
+#: The built-in method names (methods added to ``CAM_METHODS`` later are accepted too).
+METHODS = (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES)
+
+
+def method_names() -> tuple[str, ...]:
+    """Every method name ``explain`` accepts now, registered CAM methods included."""
+    return (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES)
+
+
+def is_cam(name: str) -> bool:
+    """A method of the CAM family (a map at the target layer, ReLU applied for display)."""
+    return name in CAM_METHODS or name in SCORE_CAM_METHODS
+
+
 #: Options of the Score-CAM methods (the others go to the gradient methods).
 SCORE_CAM_OPTIONS = {"scorecam": ("batch_size",), "scorecam-fast": ("batch_size", "top_k", "fill")}
 
@@ -71,11 +83,12 @@ def check_methods(method: str | Sequence[str]) -> list[str]:
     """The requested method names, validated and without duplicates (order kept)."""
     names = [method] if isinstance(method, str) else list(method)
     if not names:
-        raise XaikitConfigError(f"method is empty; choose from {', '.join(METHODS)}")
-    unknown = [m for m in names if m not in METHODS]
+        raise XaikitConfigError(f"method is empty; choose from {', '.join(method_names())}")
+    unknown = [m for m in names if m not in method_names()]
     if unknown:
         raise XaikitConfigError(
-            f"unknown method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(METHODS)}"
+            f"unknown method(s) {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(method_names())}"
         )
     return list(dict.fromkeys(names))
 
@@ -202,19 +215,22 @@ def run(
     methods = check_methods(methods)
     check_normalize(settings.normalize)
     routed = route_options(methods, settings.options)
-    adapter = ModelAdapter(
-        model,
-        inputs,
-        output=settings.output,
-        attribute_to=settings.attribute_to,
-        score=settings.score,
-    )
-    class_names = settings.class_names
-    if class_names is None:
-        class_names = getattr(adapter.model, "class_names", None)
-    with torch.inference_mode(False), borrowed(adapter.model):
-        adapter.warn_final_activation()
-        return _run(adapter, methods, target, settings, routed, class_names, model)
+    # Inside a caller's torch.inference_mode() the inputs are inference tensors, which
+    # autograd refuses: leave inference mode first, then copy them (prepare_inputs).
+    with torch.inference_mode(False):
+        adapter = ModelAdapter(
+            model,
+            inputs,
+            output=settings.output,
+            attribute_to=settings.attribute_to,
+            score=settings.score,
+        )
+        class_names = settings.class_names
+        if class_names is None:
+            class_names = getattr(adapter.model, "class_names", None)
+        with borrowed(adapter.model):
+            adapter.warn_final_activation()
+            return _run(adapter, methods, target, settings, routed, class_names, model)
 
 
 def _run(
@@ -229,7 +245,7 @@ def _run(
     x = adapter.x
     n = x.shape[0]
     size = tuple(x.shape[2:])
-    cams = [m for m in methods if m in CAM_NAMES]
+    cams = [m for m in methods if is_cam(m)]
     if "guided-gradcam" in methods and "gradcam" not in cams:
         cams.append("gradcam")  # computed for Guided Grad-CAM, not returned on its own
     needs_grads = any(m in CAM_METHODS and CAM_METHODS[m].needs_gradients for m in cams)
@@ -256,8 +272,8 @@ def _run(
         class_names=class_names,
     )
     index = targets.gather_index()
-    scores = adapter.scores(logits)
-    selected = scores.gather(1, index)  # (N, K)
+    selected = adapter.scores(logits).gather(1, index)  # (N, K), holds the head's graph
+    logits = logits.detach()
     if targets.k == 0:
         warnings.warn(
             "no targets to explain (e.g. target='positive' and the model predicts no label "
@@ -280,7 +296,7 @@ def _run(
                 raws[name] = CAM_METHODS[name].map(acts, gradients, targets.k)
             else:
                 raws[name] = _score_cam(adapter, name, acts, index, settings, routed[name])
-    del selected, scores
+    del selected  # frees the graph before the gradient methods run
 
     for name in methods:
         if name in GRADIENT_NAMES:
@@ -288,8 +304,8 @@ def _run(
 
     with torch.no_grad():
         valid = targets.valid
-        explained = adapter.scores(logits.detach()).gather(1, index) * valid
-        probabilities = adapter.probabilities(logits.detach()).gather(1, index) * valid
+        explained = adapter.scores(logits).gather(1, index) * valid
+        probabilities = adapter.probabilities(logits).gather(1, index) * valid
     results: dict[str, Explanation] = {}
     degenerate_total = 0
     for name in methods:
@@ -299,7 +315,7 @@ def _run(
         maps, degenerate = to_heatmaps(
             raw,
             size,
-            relu=name in CAM_NAMES,
+            relu=is_cam(name),
             normalize=settings.normalize,
             eps=settings.eps,
             valid=valid,
@@ -314,7 +330,7 @@ def _run(
             probabilities=probabilities,
             degenerate=degenerate,
             method=name,
-            layer=layer_name if name in CAM_NAMES or name == "guided-gradcam" else None,
+            layer=layer_name if is_cam(name) or name == "guided-gradcam" else None,
             score=settings.score,
             normalize=settings.normalize,
             single=targets.single,

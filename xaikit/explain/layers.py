@@ -167,9 +167,8 @@ def resolve_layer(
         XaikitConfigError: an unknown name (the message lists the closest valid names) or a
             module that is not part of ``model``.
     """
-    modules = dict(model.named_modules())
     if isinstance(layer, nn.Module):
-        for name, module in modules.items():
+        for name, module in model.named_modules():
             if module is layer:
                 return name, module
         raise XaikitConfigError("the given layer module is not part of this model")
@@ -177,9 +176,12 @@ def resolve_layer(
         if example is None:
             raise XaikitConfigError("layer='auto' needs an example input to trace the model")
         name = auto_layer(model, example, forward)
-        return name, modules[name]
-    if layer in modules and layer:
-        return layer, modules[layer]
+        return name, model.get_submodule(name)
+    if isinstance(layer, str) and layer:
+        try:
+            return layer, model.get_submodule(layer)
+        except AttributeError:
+            pass
     names = layer_names(model)
     close = difflib.get_close_matches(str(layer), names, n=5, cutoff=0.4)
     hint = (

@@ -73,26 +73,28 @@ def normalize_maps(
     if maps.numel() == 0:
         return maps.clone(), torch.zeros(n, k, dtype=torch.bool, device=maps.device)
     flat = maps.flatten(start_dim=2)
-    lo, hi = torch.aminmax(flat, dim=2)  # NaN propagates into lo/hi
-    finite = torch.isfinite(lo) & torch.isfinite(hi)
+    lo, hi = torch.aminmax(flat, dim=2)
+    span = hi - lo  # NaN or inf anywhere in a map makes its span non-finite
+    finite = torch.isfinite(span)
     if not bool(finite.all()):
         flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = torch.aminmax(flat, dim=2)
+        span = hi - lo
     scale = torch.maximum(lo.abs(), hi.abs())
-    span = hi - lo
-    degenerate = (span <= eps * scale) | ~finite
-    keep = ~degenerate
+    keep = (span > eps * scale) & finite  # an all-zero map: 0 > 0 is False
     if valid is not None:
-        degenerate &= valid
         keep &= valid
+        degenerate = valid & ~keep
+    else:
+        degenerate = ~keep
     if normalize is None:
         out = flat if valid is None else flat * valid.unsqueeze(2).to(flat.dtype)
         return out.reshape(maps.shape), degenerate
     if normalize == "minmax":
-        offset, inv = lo, torch.where(keep, 1.0 / span.clamp_min(_tiny(span)), 0.0)
+        offset, inv = lo, torch.where(keep, span.reciprocal(), 0.0)
     elif normalize == "max_abs":
         offset = torch.zeros_like(lo)
-        inv = torch.where(keep, 1.0 / scale.clamp_min(_tiny(scale)), 0.0)
+        inv = torch.where(keep, scale.reciprocal(), 0.0)
     else:  # global
         if bool(keep.any()):
             g_lo, g_hi = lo[keep].min(), hi[keep].max()

@@ -43,23 +43,30 @@ def borrowed(
     cuDNN's RNN kernels refuse a backward pass in eval mode; for models with recurrent
     layers cuDNN is switched off for the duration (the model stays in eval mode).
     """
-    modes = [(module, module.training) for module in model.modules()]
+    modules = list(model.modules())
+    modes = [(module, module.training) for module in modules]
     flags = [(param, param.requires_grad) for param in model.parameters()]
+    recurrent = any(isinstance(module, nn.RNNBase) for module in modules)
     cudnn_off = (
         torch.backends.cudnn.flags(enabled=False)
-        if has_recurrent(model) and model_device(model).type == "cuda"
+        if recurrent and model_device(model).type == "cuda"
         else contextlib.nullcontext()
     )
     try:
-        if eval_mode:
+        # Only touch what needs changing: explaining an eval-mode model in a loop then costs
+        # a few microseconds, not a recursive train(False).
+        if eval_mode and any(training for _, training in modes):
             model.eval()
         if freeze:
-            for param, _ in flags:
-                param.requires_grad_(False)
+            for param, requires_grad in flags:
+                if requires_grad:
+                    param.requires_grad_(False)
         with cudnn_off, torch.enable_grad():
             yield model
     finally:
         for module, training in modes:
-            module.training = training
+            if module.training != training:
+                module.training = training
         for param, requires_grad in flags:
-            param.requires_grad_(requires_grad)
+            if param.requires_grad != requires_grad:
+                param.requires_grad_(requires_grad)

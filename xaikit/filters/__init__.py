@@ -8,8 +8,14 @@ exemplars, per-channel atlases, and LSTM gates and cell states.
 ``exemplars``          the top-k data set inputs per channel, with receptive-field crops
 ``atlas``              kernel + maximization + exemplars per channel, figure and HTML
 ``lstm_states``        an ``nn.LSTM``'s gates, cell and hidden states per time step
+                       (``lstm_states_all``: every layer and direction)
 ``receptive_field``    the input region a layer's output positions see
 =====================  ==================================================================
+
+Activation maximization is built from three small modules that can be used alone:
+:mod:`~xaikit.filters.param` (image parametrizations), :mod:`~xaikit.filters.transforms`
+(random jitter, zoom, rotation) and :mod:`~xaikit.filters.objectives` (what to maximize,
+composed with ``+ - *``).
 """
 
 from xaikit.filters import objectives

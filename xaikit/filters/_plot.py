@@ -8,6 +8,7 @@ import io
 import math
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -66,12 +67,16 @@ def grid_axes(
     cmap: str = "gray",
 ) -> None:
     """Draw ``(K, 1 | 3, h, w)`` images as one tiled picture with a label over each cell."""
-    images = displayable(images)
-    count, _, h, w = images.shape
+    images = displayable(images).float()
+    count, colours, h, w = images.shape
     pad = max(1, min(h, w) // 8)
-    grid, _, ncols = tile(images, ncols, pad=pad)
+    # Colour-mapped cells get NaN borders drawn white, whatever the colormap.
+    grid, _, ncols = tile(images, ncols, pad=pad, pad_value=1.0 if colours == 3 else math.nan)
     ax = fig.add_subplot(ax_position)
-    ax.imshow(to_numpy_image(grid), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    picture = grid.detach().cpu().numpy()
+    picture = picture[0] if colours == 1 else picture.clip(0, 1).transpose(1, 2, 0)
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    ax.imshow(picture, cmap=colormap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     fontsize = max(4.0, min(9.0, 60.0 / ncols))
     for k, label in enumerate(labels[:count]):

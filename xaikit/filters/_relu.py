@@ -30,13 +30,14 @@ class _RedirectedReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
-        # grad is d(loss)/d(output) for a loss being minimized: a positive grad at a negative
-        # input would push it lower still, so only that is blocked.
-        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
-        alive = relu_grad.flatten(1).abs().amax(dim=1) > 0
-        alive = alive.reshape(-1, *([1] * (x.dim() - 1)))
-        return torch.where(alive, relu_grad, redirected)
+        relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # ReLU's own backward
+        alive = relu_grad.reshape(relu_grad.shape[0], -1).any(dim=1)
+        if bool(alive.all()):  # the common case: every element has an ordinary gradient
+            return relu_grad
+        dead = ~alive.reshape(-1, *([1] * (x.dim() - 1)))
+        # grad is d(loss)/d(output) for a loss being minimized: at a negative input a negative
+        # grad pushes the input up, towards firing; that part is let through.
+        return torch.where(dead & (x <= 0) & (grad < 0), grad, relu_grad)
 
 
 class RedirectedReLU(TorchFunctionMode):

@@ -190,7 +190,9 @@ def maximize(
         raise XaikitConfigError("steps must be >= 0 and batch_size >= 1")
     spec = input_spec(model, channels=in_channels, size=size)
     if spec.size is None:
-        raise XaikitConfigError("this model does not record its input size; pass size=")
+        raise XaikitConfigError(
+            "this model does not record its input size; pass size= (--size on the command line)"
+        )
     device, dtype = model_device(model), model_dtype(model)
     example = torch.zeros(1, spec.channels, *([spec.size] * spec.dims), device=device, dtype=dtype)
     layer_name = None if layer is None else resolve_layer(model, layer, example)[0]

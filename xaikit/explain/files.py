@@ -1,0 +1,735 @@
+"""Explain image files and folders of any size, streaming every result to disk.
+
+:func:`explain_files` is the pipeline behind ``xaikit explain``: it lists the images
+(folders recursively), loads them in batches with the model card's channels, size and
+normalization, runs :func:`xaikit.explain.api.explain` once per batch for every method and
+target, and writes each image's outputs as soon as its batch is done. Only one batch of
+images and maps is ever in memory, so a folder of any size streams with bounded memory
+(about ``batch_size`` x the largest image, kept as uint8 for the overlays).
+
+Output layout under ``out``::
+
+    results.json                 the run, every image and every error (written at the end)
+    results.jsonl                the journal: one JSON line per image, appended as it is done
+    <key>/                       one folder per image (key: see below)
+        <method>.<target>.png          heatmap over the image at the image's ORIGINAL size,
+                                       uint8 RGB, nothing else drawn (pixel-exact)
+        <method>.<target>.figure.png   the same with a title "name (p=0.97) — method" and a
+                                       colour bar (longer side scaled into 256..768 px)
+        <method>.<target>.npy          float32 (H, W): the normalized map in [0, 1] at the
+                                       model's input resolution (the card's input_shape)
+        <method>.<target>.raw.npy      float32: the signed, unnormalized map - at the target
+                                       layer's resolution (h, w) for CAM methods (before the
+                                       ReLU), at the input resolution for gradient methods
+
+``<target>`` is ``<index>-<class name>`` (or ``<index>`` when the model has no class names).
+An image ``cat.jpg`` given directly has the key ``cat.jpg``; an image found in a folder
+``imgs`` given as input has the key ``imgs/<path inside imgs>`` (e.g. ``imgs/sub/cat.jpg``).
+Keys that would collide get ``~2``, ``~3``, ... appended.
+
+Crash safety: every file is written atomically (a temporary file renamed into place). The
+journal ``results.jsonl`` starts with one ``{"kind": "run", ...}`` line (the settings) and
+gets one ``{"kind": "image", ...}`` or ``{"kind": "error", ...}`` line per input, appended
+(and flushed) only after all of that image's files exist; it is fsynced after every batch. A
+kill leaves at worst a cut-off last line, which is ignored. ``results.json`` is rewritten
+atomically from the journal when the run ends, so it is always either complete or absent.
+With ``resume=True`` an input is skipped when its last journal record is an image record
+whose files all exist; bad files are tried again. Resuming with other settings (model,
+methods, target, layer, score, input shape, normalization, colours) is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from tqdm.auto import tqdm
+
+from xaikit._version import __version__
+from xaikit.data.images import IMAGE_EXTENSIONS, convert_channels, list_images, read_image
+from xaikit.data.images import resize_image as _resize_image
+from xaikit.data.normalization import Normalization, check_normalization, normalize
+from xaikit.errors import DataError, XaikitConfigError, XaikitError
+from xaikit.explain.adapter import ExplainWarning
+from xaikit.explain.api import explain
+from xaikit.explain.cam import CAM_METHODS
+from xaikit.explain.engine import SCORE_CAM_METHODS, check_methods
+from xaikit.explain.result import Explanation
+from xaikit.io import atomic_path, atomic_write_text
+from xaikit.viz.colormaps import get_colormap
+from xaikit.viz.overlay import overlay, overlay_figure, save_figure
+
+RESULTS = "results.json"
+JOURNAL = "results.jsonl"
+TargetSpec = str | int | Sequence[int | str]
+
+_FIGURE_MIN, _FIGURE_MAX, _FIGURE_DPI = 256, 768, 100
+_UNSAFE = re.compile(r"[^\w.+-]+")
+#: Methods outside the CAM registry that explain a layer too.
+_OTHER_LAYER_METHODS = (*SCORE_CAM_METHODS, "guided-gradcam")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One input: the file, the folder its outputs go to, and a problem found while listing.
+
+    Attributes:
+        path: the file (absolute).
+        key: its output folder, relative to ``out`` (POSIX separators).
+        problem: why it cannot be used, when known before reading (e.g. an empty folder).
+    """
+
+    path: Path
+    key: str
+    problem: str | None = None
+
+
+@dataclass
+class FilesSummary:
+    """What :func:`explain_files` did.
+
+    Attributes:
+        out: the output folder.
+        results: the ``results.json`` path.
+        total: inputs considered (images, bad files, empty folders).
+        explained: images explained by this call.
+        skipped: images skipped as already done (``resume``).
+        errors: ``(source, reason)`` for every input that could not be used in this call.
+        degenerate: maps that came out constant (saved as zeros, flagged in the results).
+        warnings: other warnings of the explanation, each once.
+    """
+
+    out: Path
+    results: Path
+    total: int = 0
+    explained: int = 0
+    skipped: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    degenerate: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+# -- listing ------------------------------------------------------------------------------
+
+
+def collect_images(
+    inputs: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
+) -> list[ImageSource]:
+    """The images named by ``inputs`` (files, or folders searched recursively), in order.
+
+    Duplicates (the same file reached twice) are dropped; files under ``exclude`` (the
+    output folder, when it lies inside an input folder) are left out. A path that does not
+    exist is kept (it fails, with its reason, when read); a folder without images becomes a
+    source with a ``problem``.
+
+    Raises:
+        DataError: ``inputs`` is empty.
+    """
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    sources: list[ImageSource] = []
+    seen: set[Path] = set()
+    keys: set[str] = set()
+
+    def add(path: Path, key: str, problem: str | None = None) -> None:
+        resolved = path.resolve()
+        if resolved in seen:
+            return
+        seen.add(resolved)
+        unique, n = key, 1
+        while unique in keys:
+            n += 1
+            unique = f"{key}~{n}"
+        keys.add(unique)
+        sources.append(ImageSource(resolved, unique, problem))
+
+    given = [Path(p) for p in inputs]
+    if not given:
+        raise DataError("no input images given; pass image files or folders")
+    for path in given:
+        if not path.is_dir():
+            add(path, _safe_key(path.name or str(path)))
+            continue
+        prefix = _safe_key(path.resolve().name or "root")
+        found = [
+            f
+            for f in list_images(path, recursive=True)
+            if excluded is None or not f.resolve().is_relative_to(excluded)
+        ]
+        if not found:
+            add(
+                path,
+                prefix,
+                f"folder {path} holds no image files (looked for "
+                f"{', '.join(IMAGE_EXTENSIONS)}, subfolders included)",
+            )
+        for file in found:
+            add(file, f"{prefix}/{file.relative_to(path).as_posix()}")
+    return sources
+
+
+def _safe_key(name: str) -> str:
+    cleaned = "/".join(_UNSAFE.sub("_", part).lstrip(".") or "_" for part in name.split("/"))
+    return cleaned or "_"
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Loaded:
+    source: ImageSource
+    input: torch.Tensor  # (C, H, W) normalized model input
+    display: torch.Tensor  # (c, H0, W0) uint8, the file at its own size and channels
+
+
+def load_for_model(
+    path: str | os.PathLike[str],
+    input_shape: Sequence[int],
+    normalization: Normalization | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read an image once for both uses: the model input and the picture to draw on.
+
+    Returns ``(input, display)``: ``input`` ``(C, H, W)`` float32 with the card's channels,
+    size and normalization (the same values as :func:`xaikit.data.images.load_image`);
+    ``display`` ``(c, H0, W0)`` uint8 at the file's own size and channels.
+
+    Raises:
+        DataError: the file is missing or cannot be read (the message names it).
+    """
+    channels, height, width = (int(v) for v in input_shape)
+    raw = read_image(path)
+    display = (raw.image * 255.0).round_().to(torch.uint8)
+    image = _resize_image(convert_channels(raw.image, channels), (height, width))
+    if normalization is not None:
+        image = normalize(image, normalization)
+    return image.contiguous(), display
+
+
+# -- targets and names --------------------------------------------------------------------
+
+
+def _batch_target(target: TargetSpec, n: int) -> Any:
+    """A target for a batch of ``n``: a list of classes means 'these classes for every
+    image', which :func:`explain` spells as one list per input."""
+    if isinstance(target, (str, int)):
+        return target
+    return [list(target) for _ in range(n)]
+
+
+def target_tag(index: int, name: str | None) -> str:
+    """The target part of an output file name: ``"2-triangle"``, or ``"417"`` unnamed."""
+    return f"{index}-{_UNSAFE.sub('_', name).strip('._') or '_'}" if name else str(index)
+
+
+def _title(name: str | None, index: int, probability: float, method: str) -> str:
+    label = name if name else f"class {index}"
+    return f"{label} (p={probability:.2f}) — {method}"
+
+
+# -- journal ------------------------------------------------------------------------------
+
+
+class _Journal:
+    """``results.jsonl``: a run line, then one line per input, appended as inputs finish.
+
+    Keeps only the byte offset of each source's last record in memory.
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any], resume: bool) -> None:
+        self.path = path
+        self.offsets: dict[str, int] = {}
+        self.resumed = resume and path.is_file() and path.stat().st_size > 0
+        if self.resumed:
+            self._read(header)
+            self.handle: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed in close()
+            if not self._ends_with_newline():
+                self.handle.write(b"\n")  # a cut-off last line stays a line of its own
+        else:
+            atomic_write_text(path, json.dumps(header) + "\n")
+            self.handle = open(path, "ab")  # noqa: SIM115 - closed in close()
+        self.reader: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed in close()
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+
+    def _read(self, header: dict[str, Any]) -> None:
+        offset = 0
+        first = True
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                record = _parse(line)
+                if first:
+                    first = False
+                    if record is None or record.get("kind") != "run":
+                        raise XaikitConfigError(
+                            f"{self.path} is not an xaikit explain journal; remove it or use "
+                            "another --out"
+                        )
+                    _check_same_settings(self.path, record.get("settings", {}), header)
+                elif record is not None and record.get("kind") in ("image", "error"):
+                    self.offsets[str(record.get("source"))] = offset
+                offset += len(line)
+
+    def record(self, source: str) -> dict[str, Any] | None:
+        """The last record of ``source`` (from this run or an earlier one), if any."""
+        offset = self.offsets.get(source)
+        if offset is None:
+            return None
+        self.handle.flush()
+        self.reader.seek(offset)
+        return _parse(self.reader.readline())
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.offsets[str(record["source"])] = self.handle.tell()
+        self.handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        self.handle.flush()
+
+    def sync(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+        self.reader.close()
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _check_same_settings(path: Path, before: Mapping[str, Any], header: Mapping[str, Any]) -> None:
+    now = json.loads(json.dumps(header["settings"]))  # the same JSON round trip as `before`
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise XaikitConfigError(
+            f"cannot resume: {path} was written with other settings ({details}); rerun "
+            "without --resume to start over, or use another --out"
+        )
+
+
+def _is_done(record: dict[str, Any] | None, out: Path) -> bool:
+    if record is None or record.get("kind") != "image":
+        return False
+    files = [
+        name
+        for outputs in record.get("outputs", {}).values()
+        for entry in outputs
+        for key, name in entry.items()
+        if key in ("overlay", "figure", "map", "raw") and isinstance(name, str)
+    ]
+    return all((out / name).is_file() for name in files)
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def _save_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image  # PIL only at the edge, for the plain overlay
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        Image.fromarray(rgb).save(handle, format="PNG")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _figure_size(height: int, width: int) -> tuple[int, float]:
+    """The figure's longer image side in pixels and its image height in inches."""
+    longer = max(height, width)
+    target = min(max(longer, _FIGURE_MIN), _FIGURE_MAX)
+    scale = target / longer
+    return target, max(1, round(height * scale)) / _FIGURE_DPI
+
+
+class _Figures:
+    """Titled overlay figures with a colour bar, one matplotlib figure reused per picture
+    size (building a figure costs twice as much as drawing it); at most ``keep`` sizes."""
+
+    def __init__(self, cmap: str, alpha: float, keep: int = 4) -> None:
+        self.cmap, self.alpha, self.keep = cmap, alpha, keep
+        self.figures: OrderedDict[tuple[int, int], Figure] = OrderedDict()
+
+    def save(self, path: Path, display: torch.Tensor, heat: np.ndarray, title: str) -> None:
+        long_side, height = _figure_size(*display.shape[-2:])
+        rgb = overlay(display, heat, cmap=self.cmap, alpha=self.alpha, size=long_side)
+        key = (int(rgb.shape[0]), int(rgb.shape[1]))
+        figure = self.figures.get(key)
+        axes = figure.axes[0] if figure is not None and figure.axes else None
+        if axes is not None and axes.images:
+            axes.images[0].set_data(rgb)
+            axes.title.set_text(title)
+            self.figures.move_to_end(key)
+        else:
+            figure = overlay_figure(
+                display,
+                heat,
+                title=title,
+                cmap=self.cmap,
+                alpha=self.alpha,
+                size=long_side,
+                height=height,
+            )
+            self.figures[key] = figure
+            if len(self.figures) > self.keep:
+                self.figures.popitem(last=False)
+        save_figure(figure, path, dpi=_FIGURE_DPI)
+
+
+@dataclass
+class _Writer:
+    out: Path
+    cmap: str
+    alpha: float
+    figures: _Figures | None
+
+    def image(self, item: _Loaded, i: int, results: Mapping[str, _Cpu]) -> dict[str, Any]:
+        """Write every output of input ``i`` of the batch; return its journal record."""
+        first = next(iter(results.values()))
+        folder = self.out / item.source.key
+        targets: list[dict[str, Any]] = []
+        kept: list[int] = []
+        for k in range(first.targets.shape[1]):
+            if not bool(first.valid[i, k]):
+                continue
+            index = int(first.targets[i, k])
+            name = first.class_names[index] if first.class_names is not None else None
+            targets.append(
+                {
+                    "index": index,
+                    "name": name,
+                    "score": float(first.scores[i, k]),
+                    "probability": float(first.probabilities[i, k]),
+                }
+            )
+            kept.append(k)
+        outputs: dict[str, list[dict[str, Any]]] = {}
+        for method, res in results.items():
+            entries = []
+            for k, target in zip(kept, targets):
+                stem = f"{method}.{target_tag(target['index'], target['name'])}"
+                heat = res.maps[i, k].numpy()
+                entry: dict[str, Any] = {
+                    "target": target["index"],
+                    "degenerate": bool(res.degenerate[i, k]),
+                }
+                _save_png(
+                    folder / f"{stem}.png",
+                    overlay(item.display, heat, cmap=self.cmap, alpha=self.alpha),
+                )
+                entry["overlay"] = f"{item.source.key}/{stem}.png"
+                if self.figures is not None:
+                    title = _title(target["name"], target["index"], target["probability"], method)
+                    self.figures.save(folder / f"{stem}.figure.png", item.display, heat, title)
+                    entry["figure"] = f"{item.source.key}/{stem}.figure.png"
+                _save_npy(folder / f"{stem}.npy", heat)
+                entry["map"] = f"{item.source.key}/{stem}.npy"
+                _save_npy(folder / f"{stem}.raw.npy", res.raw[i, k].numpy())
+                entry["raw"] = f"{item.source.key}/{stem}.raw.npy"
+                entries.append(entry)
+            outputs[method] = entries
+        return {
+            "kind": "image",
+            "source": str(item.source.path),
+            "output_dir": item.source.key,
+            "original_size": list(item.display.shape[-2:]),
+            "targets": targets,
+            "outputs": outputs,
+        }
+
+
+@dataclass
+class _Cpu:
+    """The parts of an :class:`Explanation` the writer reads, on the CPU."""
+
+    maps: torch.Tensor
+    raw: torch.Tensor
+    targets: torch.Tensor
+    valid: torch.Tensor
+    scores: torch.Tensor
+    probabilities: torch.Tensor
+    degenerate: torch.Tensor
+    class_names: list[str] | None
+
+    @classmethod
+    def of(cls, res: Explanation) -> _Cpu:
+        def cpu(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().float().cpu() if t.is_floating_point() else t.detach().cpu()
+
+        return cls(
+            maps=cpu(res.maps),
+            raw=cpu(res.raw),
+            targets=cpu(res.targets),
+            valid=cpu(res.valid),
+            scores=cpu(res.scores),
+            probabilities=cpu(res.probabilities),
+            degenerate=cpu(res.degenerate),
+            class_names=res.class_names,
+        )
+
+
+def _write_results(
+    path: Path, journal: _Journal, sources: Sequence[ImageSource], run: Mapping[str, Any]
+) -> None:
+    """Write ``results.json`` from the journal, streaming (one record in memory at a time)."""
+
+    def records(kind: str) -> Iterator[dict[str, Any]]:
+        for source in sources:
+            record = journal.record(str(source.path))
+            if record is not None and record.get("kind") == kind:
+                record = dict(record)
+                record.pop("kind", None)
+                yield record
+
+    def block(obj: Any) -> str:
+        return json.dumps(obj, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+
+    counts = {"images": 0, "errors": 0}
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write('{\n  "run": ' + json.dumps(run, indent=2).replace("\n", "\n  ") + ",\n")
+        for kind, name in (("image", "images"), ("error", "errors")):
+            handle.write(f'  "{name}": [')
+            for n, record in enumerate(records(kind)):
+                handle.write(("," if n else "") + "\n    " + block(record))
+                counts[name] += 1
+            handle.write("\n  ],\n" if counts[name] else "],\n")
+        handle.write(f'  "counts": {json.dumps(counts)}\n}}\n')
+
+
+# -- the pipeline -------------------------------------------------------------------------
+
+
+def _layers(
+    model: nn.Module,
+    methods: list[str],
+    target: TargetSpec,
+    layer: str,
+    score: str,
+    input_shape: Sequence[int],
+    class_names: Sequence[str] | None,
+) -> dict[str, str | None]:
+    """Check the settings on one blank input before touching any file: unknown layers,
+    targets out of range or unknown names raise :class:`XaikitConfigError` here. Returns
+    the layer each method explains (``None`` for methods on the input)."""
+    uses_layer = [m for m in methods if m in CAM_METHODS or m in _OTHER_LAYER_METHODS]
+    probe = "gradcam" if uses_layer else "saliency"
+    blank = torch.zeros(1, *[int(v) for v in input_shape])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExplainWarning)
+        res = explain(
+            model,
+            blank,
+            method=probe,
+            target=_batch_target(target, 1),
+            layer=layer,
+            score=score,
+            class_names=class_names,
+            quiet=True,
+            return_result=True,
+        )
+    assert isinstance(res, Explanation)
+    return {m: (res.layer if m in uses_layer else None) for m in methods}
+
+
+def explain_files(
+    model: nn.Module,
+    inputs: Iterable[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    method: str | Sequence[str] = "gradcam",
+    target: TargetSpec = "predicted",
+    layer: str = "auto",
+    score: str = "logit",
+    input_shape: Sequence[int],
+    normalization: Normalization | None = None,
+    class_names: Sequence[str] | None = None,
+    batch_size: int = 16,
+    resume: bool = False,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    figures: bool = True,
+    model_info: Mapping[str, Any] | None = None,
+    quiet: bool = False,
+    on_error: Callable[[str, str], None] | None = None,
+) -> FilesSummary:
+    """Explain image files and folders, writing overlays, maps and ``results.json`` to ``out``.
+
+    See the module docstring for the output layout and crash safety. Files are read with
+    :func:`xaikit.data.images.read_image`, resized to ``input_shape`` ``(C, H, W)`` and
+    normalized with ``normalization`` (a model card's), ``batch_size`` images per call of
+    :func:`xaikit.explain.api.explain`.
+
+    Args:
+        model: the classifier (its device is used).
+        inputs: image files and folders (searched recursively).
+        out: the output folder (created).
+        method: a method name or several (see :func:`xaikit.explain.api.explain`).
+        target: ``"predicted"``, ``"positive"``, ``"all"``, a class index or name, or a list
+            of indices / names (those classes for every image).
+        layer: the CAM layer, ``"auto"`` or a dotted module name.
+        score: ``"logit"`` or ``"prob"``: what is differentiated.
+        input_shape: ``(C, H, W)`` the model takes.
+        normalization: ``{"mean": [...], "std": [...]}`` applied to the ``[0, 1]`` image.
+        class_names: label names (targets by name, titles, file names).
+        batch_size: images per batch (memory is bounded by one batch).
+        resume: skip inputs already done by an earlier run into ``out`` with the same settings.
+        cmap, alpha: overlay colormap and weight of the colour layer.
+        figures: also write the titled figure with a colour bar per map.
+        model_info: how the model was named (``model``, ``architecture``, ...): recorded in
+            the results, and must match when resuming.
+        quiet: no progress bar.
+        on_error: called with ``(source, reason)`` for each input that cannot be used.
+
+    Returns:
+        a :class:`FilesSummary`; bad inputs are listed there and in ``results.json``
+        (``"errors"``), the good ones are processed.
+
+    Raises:
+        XaikitConfigError: bad settings (method, layer, target, batch size, colormap, alpha,
+            input shape), found before any file is read or written; or a resume with other
+            settings.
+        DataError: no inputs.
+    """
+    methods = check_methods(method)
+    if batch_size < 1:
+        raise XaikitConfigError(f"batch size must be at least 1, got {batch_size}")
+    if not 0.0 <= alpha <= 1.0:
+        raise XaikitConfigError(f"alpha must lie in [0, 1], got {alpha}")
+    get_colormap(cmap)
+    shape = [int(v) for v in input_shape]
+    if len(shape) != 3 or min(shape) < 1 or shape[0] not in (1, 3):
+        raise XaikitConfigError(
+            f"explaining image files needs an input shape (C, H, W) with 1 or 3 channels; "
+            f"got {shape} (pass --input-shape C,H,W)"
+        )
+    if normalization is not None:
+        check_normalization(normalization, shape[0])
+    if not isinstance(target, (str, int)) and len(target) == 0:
+        raise XaikitConfigError("the target list is empty")
+    names = list(class_names) if class_names is not None else None
+    layers = _layers(model, methods, target, layer, score, shape, names)
+
+    out_dir = Path(out)
+    sources = collect_images(inputs, exclude=out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "model": dict(model_info or {}),
+        "methods": methods,
+        "target": target if isinstance(target, (str, int)) else list(target),
+        "layer": layer,
+        "layers": layers,
+        "score": score,
+        "normalize": "minmax",
+        "input_shape": shape,
+        "normalization": dict(normalization) if normalization is not None else None,
+        "cmap": cmap,
+        "alpha": alpha,
+        "figures": figures,
+    }
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    header = {"kind": "run", "settings": settings, "xaikit_version": __version__}
+    results_path = out_dir / RESULTS
+    if not resume:
+        results_path.unlink(missing_ok=True)  # a stale one must not sit beside a new journal
+    journal = _Journal(out_dir / JOURNAL, header, resume)
+    summary = FilesSummary(out=out_dir, results=results_path, total=len(sources))
+    writer = _Writer(out_dir, cmap, alpha, _Figures(cmap, alpha) if figures else None)
+    seen_warnings: set[str] = set()
+
+    def fail(source: ImageSource, reason: str) -> None:
+        journal.append({"kind": "error", "source": str(source.path), "error": reason})
+        summary.errors.append((str(source.path), reason))
+        if on_error is not None:
+            on_error(str(source.path), reason)
+
+    def flush(batch: list[_Loaded]) -> None:
+        x = torch.stack([item.input for item in batch])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = explain(
+                model,
+                x,
+                method=methods,
+                target=_batch_target(target, len(batch)),
+                layer=layer,
+                score=score,
+                class_names=names,
+                quiet=True,
+                return_result=True,
+            )
+        for warning in caught:
+            text = str(warning.message)
+            if not text.startswith("constant heatmaps") and text not in seen_warnings:
+                seen_warnings.add(text)
+                summary.warnings.append(text)
+        assert isinstance(results, dict)
+        cpu = {name: _Cpu.of(res) for name, res in results.items()}
+        del results
+        summary.degenerate += sum(int((res.degenerate & res.valid).sum()) for res in cpu.values())
+        for i, item in enumerate(batch):
+            journal.append(writer.image(item, i, cpu))
+            summary.explained += 1
+            bar.update(1)
+        journal.sync()
+        batch.clear()
+
+    bar = tqdm(total=len(sources), desc="explain", unit="image", disable=quiet, leave=False)
+    try:
+        batch: list[_Loaded] = []
+        for source in sources:
+            if resume and _is_done(journal.record(str(source.path)), out_dir):
+                summary.skipped += 1
+                bar.update(1)
+                continue
+            if source.problem is not None:
+                fail(source, source.problem)
+                bar.update(1)
+                continue
+            try:
+                image, display = load_for_model(source.path, shape, normalization)
+            except XaikitError as err:
+                fail(source, str(err))
+                bar.update(1)
+                continue
+            batch.append(_Loaded(source, image, display))
+            if len(batch) == batch_size:
+                flush(batch)
+        if batch:
+            flush(batch)
+        journal.sync()
+        finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        run = {
+            **settings,
+            "class_names": names,
+            "batch_size": batch_size,
+            "device": str(next(model.parameters(), torch.empty(0)).device),
+            "xaikit_version": __version__,
+            "started": started,
+            "finished": finished,
+            "resumed": journal.resumed,
+        }
+        _write_results(results_path, journal, sources, run)
+    finally:
+        bar.close()
+        journal.close()
+    return summary
