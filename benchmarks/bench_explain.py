@@ -9,6 +9,7 @@ are the most stable on a shared machine.
     python benchmarks/bench_explain.py                  # CPU, full configuration
     python benchmarks/bench_explain.py --quick          # smaller, for a smoke run
     python benchmarks/bench_explain.py --device cuda --scorecam-size 224 --scorecam-n 8
+    python benchmarks/bench_explain.py --default-malloc     # keep glibc's memory trimming
 
 Goals (issue #4): Grad-CAM / forward <= 1.05; 6 targets / 1 target <= 1.3; five CAM
 methods / Grad-CAM <= 1.3; Score-CAM / its bare masked forward passes <= 1.05; fast
@@ -20,6 +21,7 @@ Grad-CAM is compared for agreement and speed.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -280,7 +282,29 @@ def bench_pytorch_grad_cam(
     )
 
 
+#: glibc malloc settings for the run: without them glibc returns freed activation memory to
+#: the OS between calls and page-faults it back in on the next one, an allocator artifact
+#: that lands on whichever case happens to trigger the trim (measured here: a bimodal
+#: forward time, 63 vs 80 ms CPU for the zoo model at batch 32). PyTorch's CPU tuning guide
+#: recommends jemalloc/tcmalloc for the same reason. ``--default-malloc`` keeps glibc's.
+MALLOC_ENV = {
+    "MALLOC_TRIM_THRESHOLD_": "4000000000",
+    "MALLOC_MMAP_THRESHOLD_": "1000000000",
+    "MALLOC_TOP_PAD_": "100000000",
+}
+
+
+def _reexec_with_stable_malloc(argv: list[str]) -> None:
+    if sys.platform != "linux" or "--default-malloc" in argv:
+        return
+    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
+        return
+    os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **MALLOC_ENV})
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _reexec_with_stable_malloc(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -300,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds")
     parser.add_argument("--skip-scorecam", action="store_true")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's malloc trimming"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.batch, args.size = 3, 2, 64
@@ -311,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"torch {torch.__version__}, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-        + f", {torch.get_num_threads()} CPU threads, {args.rounds} interleaved rounds"
+        + f", {torch.get_num_threads()} CPU threads, {args.rounds} interleaved rounds, "
+        + ("glibc malloc defaults" if args.default_malloc else "malloc trimming off (MALLOC_ENV)")
     )
     table = Table()
     resnet = torchvision.models.resnet18().eval().to(device)

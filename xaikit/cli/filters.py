@@ -130,9 +130,9 @@ def _write_png(out: Path, name: str, data: bytes, files: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    channels = parse_channels(args.channels)
     model, card = load_cli_model(args.model, device=args.device)
     dataset = _dataset(args.data, args.mode, args.n)
-    channels = parse_channels(args.channels)
     normalization = _normalization(card, dataset)
     out = Path(args.out)
     files: list[str] = []

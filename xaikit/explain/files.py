@@ -30,12 +30,19 @@ Keys that would collide get ``~2``, ``~3``, ... appended.
 Crash safety: every file is written atomically (a temporary file renamed into place). The
 journal ``results.jsonl`` starts with one ``{"kind": "run", ...}`` line (the settings) and
 gets one ``{"kind": "image", ...}`` or ``{"kind": "error", ...}`` line per input, appended
-(and flushed) only after all of that image's files exist; it is fsynced after every batch. A
-kill leaves at worst a cut-off last line, which is ignored. ``results.json`` is rewritten
-atomically from the journal when the run ends, so it is always either complete or absent.
-With ``resume=True`` an input is skipped when its last journal record is an image record
-whose files all exist; bad files are tried again. Resuming with other settings (model,
-methods, target, layer, score, input shape, normalization, colours) is refused.
+(and flushed) only after all of that image's files exist, and fsynced every ``2 x
+batch_size`` images and at the end. A kill leaves at worst a cut-off last line, which is
+ignored. ``results.json`` is rewritten atomically from the journal when the run ends, so it
+is always either complete or absent (a run that stops early leaves only the journal; resume
+it). With ``resume=True`` an input is skipped when its last journal record is an image
+record whose files all exist; bad files are tried again. Resuming with other settings
+(model, methods, target, layer, score, input shape, normalization, colours, figures) is
+refused.
+
+Speed: the files of one batch are encoded and written by a few threads while the next batch
+is read and explained (PNG encoding, resizing and fsync release the GIL); the titled figures
+are drawn by matplotlib in the calling thread, reusing one figure per picture size, and are
+the slowest part (``figures=False`` / ``--no-figure`` skips them).
 """
 
 from __future__ import annotations
@@ -45,8 +52,9 @@ import json
 import os
 import re
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -69,7 +77,7 @@ from xaikit.explain.engine import SCORE_CAM_METHODS, check_methods
 from xaikit.explain.result import Explanation
 from xaikit.io import atomic_path, atomic_write_text
 from xaikit.viz.colormaps import get_colormap
-from xaikit.viz.overlay import overlay, overlay_figure, save_figure
+from xaikit.viz.overlay import overlay, overlay_figure
 
 RESULTS = "results.json"
 JOURNAL = "results.jsonl"
@@ -343,15 +351,21 @@ def _is_done(record: dict[str, Any] | None, out: Path) -> bool:
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> None:
-    from PIL import Image  # PIL only at the edge, for the plain overlay
+    from PIL import Image  # PIL only at the edge, to encode the pictures
 
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        Image.fromarray(rgb).save(handle, format="PNG")
+        Image.fromarray(np.ascontiguousarray(rgb)).save(handle, format="PNG")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _save_overlay(
+    path: Path, display: torch.Tensor, heat: np.ndarray, cmap: str, alpha: float
+) -> None:
+    _save_png(path, overlay(display, heat, cmap=cmap, alpha=alpha))
 
 
 def _figure_size(height: int, width: int) -> tuple[int, float]:
@@ -363,20 +377,22 @@ def _figure_size(height: int, width: int) -> tuple[int, float]:
 
 
 class _Figures:
-    """Titled overlay figures with a colour bar, one matplotlib figure reused per picture
-    size (building a figure costs twice as much as drawing it); at most ``keep`` sizes."""
+    """Titled overlay figures with a colour bar, drawn to RGB arrays; one matplotlib figure
+    is reused per picture size (building a figure costs more than drawing it), at most
+    ``keep`` sizes. matplotlib is not thread-safe: call from one thread only."""
 
     def __init__(self, cmap: str, alpha: float, keep: int = 4) -> None:
         self.cmap, self.alpha, self.keep = cmap, alpha, keep
         self.figures: OrderedDict[tuple[int, int], Figure] = OrderedDict()
 
-    def save(self, path: Path, display: torch.Tensor, heat: np.ndarray, title: str) -> None:
+    def render(self, display: torch.Tensor, heat: np.ndarray, title: str) -> np.ndarray:
+        """``(c, H0, W0)`` image and ``(h, w)`` map -> the figure as ``(H', W', 3)`` uint8."""
         long_side, height = _figure_size(*display.shape[-2:])
         rgb = overlay(display, heat, cmap=self.cmap, alpha=self.alpha, size=long_side)
         key = (int(rgb.shape[0]), int(rgb.shape[1]))
         figure = self.figures.get(key)
         axes = figure.axes[0] if figure is not None and figure.axes else None
-        if axes is not None and axes.images:
+        if figure is not None and axes is not None and axes.images:
             axes.images[0].set_data(rgb)
             axes.title.set_text(title)
             self.figures.move_to_end(key)
@@ -390,10 +406,72 @@ class _Figures:
                 size=long_side,
                 height=height,
             )
+            figure.set_dpi(_FIGURE_DPI)
             self.figures[key] = figure
             if len(self.figures) > self.keep:
                 self.figures.popitem(last=False)
-        save_figure(figure, path, dpi=_FIGURE_DPI)
+        figure.canvas.draw()
+        return np.array(figure.canvas.buffer_rgba())[..., :3]  # type: ignore[attr-defined]
+
+
+class _Sink:
+    """Writes files on background threads (PNG encoding, resizing and fsync release the GIL)
+    and appends each image's journal record once all its files are in place, in input order.
+    At most ``limit`` images wait for their files, which bounds the memory they hold."""
+
+    def __init__(self, journal: _Journal, workers: int, limit: int) -> None:
+        self.journal = journal
+        self.limit = max(1, limit)
+        self.pool = ThreadPoolExecutor(workers, "xaikit-write") if workers > 0 else None
+        self.pending: deque[tuple[dict[str, Any], list[Future[None]]]] = deque()
+        self.unsynced = 0
+
+    def submit(self, job: Callable[..., None], *args: Any) -> Future[None]:
+        if self.pool is not None:
+            return self.pool.submit(job, *args)
+        done: Future[None] = Future()
+        job(*args)
+        done.set_result(None)
+        return done
+
+    def add(self, record: dict[str, Any], jobs: list[Future[None]]) -> None:
+        self.pending.append((record, jobs))
+        self._drain(wait=False)
+        while len(self.pending) > self.limit:
+            self._pop()
+
+    def _pop(self) -> None:
+        record, jobs = self.pending.popleft()
+        for job in jobs:
+            job.result()  # an error while writing (e.g. a full disk) is raised here
+        self.journal.append(record)
+        self.unsynced += 1
+        if self.unsynced >= self.limit:
+            self.journal.sync()
+            self.unsynced = 0
+
+    def _drain(self, wait: bool) -> None:
+        while self.pending and (wait or all(job.done() for job in self.pending[0][1])):
+            self._pop()
+
+    def finish(self) -> None:
+        """Wait for every file, record every image, sync the journal."""
+        self._drain(wait=True)
+        self.journal.sync()
+
+    def close(self) -> None:
+        """Let the queued files be written (at most ``limit`` images), stop the threads and
+        record the images whose files all got written - e.g. after an interrupt."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        while self.pending and all(_written(job) for job in self.pending[0][1]):
+            self.journal.append(self.pending.popleft()[0])
+        self.pending.clear()
+        self.journal.sync()
+
+
+def _written(job: Future[None]) -> bool:
+    return job.done() and not job.cancelled() and job.exception() is None
 
 
 @dataclass
@@ -402,9 +480,10 @@ class _Writer:
     cmap: str
     alpha: float
     figures: _Figures | None
+    sink: _Sink
 
-    def image(self, item: _Loaded, i: int, results: Mapping[str, _Cpu]) -> dict[str, Any]:
-        """Write every output of input ``i`` of the batch; return its journal record."""
+    def image(self, item: _Loaded, i: int, results: Mapping[str, _Cpu]) -> None:
+        """Queue every output of input ``i`` of the batch, and its journal record."""
         first = next(iter(results.values()))
         folder = self.out / item.source.key
         targets: list[dict[str, Any]] = []
@@ -423,6 +502,7 @@ class _Writer:
                 }
             )
             kept.append(k)
+        jobs: list[Future[None]] = []
         outputs: dict[str, list[dict[str, Any]]] = {}
         for method, res in results.items():
             entries = []
@@ -433,22 +513,23 @@ class _Writer:
                     "target": target["index"],
                     "degenerate": bool(res.degenerate[i, k]),
                 }
-                _save_png(
-                    folder / f"{stem}.png",
-                    overlay(item.display, heat, cmap=self.cmap, alpha=self.alpha),
-                )
+                path = folder / f"{stem}.png"
+                args = (path, item.display, heat, self.cmap, self.alpha)
+                jobs.append(self.sink.submit(_save_overlay, *args))
                 entry["overlay"] = f"{item.source.key}/{stem}.png"
                 if self.figures is not None:
                     title = _title(target["name"], target["index"], target["probability"], method)
-                    self.figures.save(folder / f"{stem}.figure.png", item.display, heat, title)
+                    picture = self.figures.render(item.display, heat, title)
+                    jobs.append(self.sink.submit(_save_png, folder / f"{stem}.figure.png", picture))
                     entry["figure"] = f"{item.source.key}/{stem}.figure.png"
-                _save_npy(folder / f"{stem}.npy", heat)
+                jobs.append(self.sink.submit(_save_npy, folder / f"{stem}.npy", heat))
                 entry["map"] = f"{item.source.key}/{stem}.npy"
-                _save_npy(folder / f"{stem}.raw.npy", res.raw[i, k].numpy())
+                raw = res.raw[i, k].numpy()
+                jobs.append(self.sink.submit(_save_npy, folder / f"{stem}.raw.npy", raw))
                 entry["raw"] = f"{item.source.key}/{stem}.raw.npy"
                 entries.append(entry)
             outputs[method] = entries
-        return {
+        record = {
             "kind": "image",
             "source": str(item.source.path),
             "output_dir": item.source.key,
@@ -456,6 +537,7 @@ class _Writer:
             "targets": targets,
             "outputs": outputs,
         }
+        self.sink.add(record, jobs)
 
 
 @dataclass
@@ -571,6 +653,7 @@ def explain_files(
     model_info: Mapping[str, Any] | None = None,
     quiet: bool = False,
     on_error: Callable[[str, str], None] | None = None,
+    workers: int | None = None,
 ) -> FilesSummary:
     """Explain image files and folders, writing overlays, maps and ``results.json`` to ``out``.
 
@@ -599,6 +682,8 @@ def explain_files(
             the results, and must match when resuming.
         quiet: no progress bar.
         on_error: called with ``(source, reason)`` for each input that cannot be used.
+        workers: threads that encode and write the files while the next batch is explained
+            (default: up to 4; 0 writes in the calling thread).
 
     Returns:
         a :class:`FilesSummary`; bad inputs are listed there and in ``results.json``
@@ -653,7 +738,9 @@ def explain_files(
         results_path.unlink(missing_ok=True)  # a stale one must not sit beside a new journal
     journal = _Journal(out_dir / JOURNAL, header, resume)
     summary = FilesSummary(out=out_dir, results=results_path, total=len(sources))
-    writer = _Writer(out_dir, cmap, alpha, _Figures(cmap, alpha) if figures else None)
+    threads = min(4, os.cpu_count() or 1) if workers is None else workers
+    sink = _Sink(journal, threads, limit=2 * batch_size)
+    writer = _Writer(out_dir, cmap, alpha, _Figures(cmap, alpha) if figures else None, sink)
     seen_warnings: set[str] = set()
 
     def fail(source: ImageSource, reason: str) -> None:
@@ -687,10 +774,9 @@ def explain_files(
         del results
         summary.degenerate += sum(int((res.degenerate & res.valid).sum()) for res in cpu.values())
         for i, item in enumerate(batch):
-            journal.append(writer.image(item, i, cpu))
+            writer.image(item, i, cpu)
             summary.explained += 1
             bar.update(1)
-        journal.sync()
         batch.clear()
 
     bar = tqdm(total=len(sources), desc="explain", unit="image", disable=quiet, leave=False)
@@ -716,7 +802,7 @@ def explain_files(
                 flush(batch)
         if batch:
             flush(batch)
-        journal.sync()
+        sink.finish()
         finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         run = {
             **settings,
@@ -731,5 +817,6 @@ def explain_files(
         _write_results(results_path, journal, sources, run)
     finally:
         bar.close()
+        sink.close()
         journal.close()
     return summary

@@ -1,0 +1,437 @@
+"""The report's analysis sections: filters, recurrent state and explanation quality.
+
+* ``filters``: the first convolution's kernels and the :func:`xaikit.filters.atlas` of one
+  layer (kernel, activation maximization and dataset exemplars per channel);
+* ``recurrent``: :func:`xaikit.filters.lstm_states` (gates, cell and hidden state over time)
+  and temporal heatmaps of a few sequences drawn over the sequences themselves;
+* ``evaluation``: :func:`xaikit.evaluate.evaluate_methods` - deletion / insertion AUC and the
+  pointing games next to random and centred-Gaussian baselines, with direction arrows, the
+  sanity checks as pass/fail badges, two figures and the raw JSON. For sequence models with a
+  known answer step (``recall``), how often each temporal map peaks on it.
+
+:func:`evaluation_figure` and :func:`cascade_figure` draw an
+:class:`~xaikit.evaluate.EvaluationReport` for any caller (``xaikit demo`` saves them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from xaikit.evaluate import METRICS, EvaluationReport, evaluate_methods
+from xaikit.explain.state import has_recurrent
+from xaikit.filters import Atlas, activations, atlas, lstm_states, weights
+from xaikit.filters._plot import new_figure
+from xaikit.viz.html import Section, badge, escape, figure_png, fmt, img, table
+from xaikit.viz.overlay import signal_overlay
+from xaikit.viz.report_gallery import marker_steps, temporal_maps
+
+if TYPE_CHECKING:
+    from xaikit.viz.report import ReportContext
+
+BASELINE_COLOR = "#9aa3ad"
+SCORE_METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
+ATLAS_EXEMPLARS = 6
+GATE_SAMPLES = 2
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def _channel_count(ctx: ReportContext, layer: str) -> int:
+    maps = activations(ctx.model, ctx.pool[:1].to(ctx.device), layer, normalization=ctx.normalization)
+    return int(next(iter(maps.values())).shape[1])
+
+
+def report_atlas(ctx: ReportContext) -> Atlas:
+    """The atlas of the report's filter layer (first convolution by default), cached."""
+    if "atlas" not in ctx.cache:
+        layer = ctx.settings.filter_layer or weights(ctx.model).layer
+        count = min(_channel_count(ctx, layer), ctx.settings.atlas_channels)
+        ctx.cache["atlas"] = atlas(
+            ctx.model,
+            layer,
+            ctx.pool,
+            channels=list(range(count)),
+            k=min(ATLAS_EXEMPLARS, ctx.pool.shape[0]),
+            steps=ctx.settings.atlas_steps,
+            seed=ctx.settings.seed,
+            normalization=ctx.normalization,
+            quiet=ctx.settings.is_quiet,
+        )
+    return ctx.cache["atlas"]
+
+
+def filters_section(ctx: ReportContext) -> Section:
+    """First-layer kernels and the filter atlas (CNNs); a pointer for recurrent models."""
+    if ctx.kind == "sequence":
+        return Section(
+            "filters",
+            "Filters",
+            '<p class="note">A recurrent model has no convolution filters; its gates and '
+            'states are in <a href="#recurrent">Recurrent state</a>.</p>',
+        )
+    kernels = weights(ctx.model)
+    png = figure_png(kernels.figure, dpi=72, max_width=700)
+    shape = "x".join(str(s) for s in kernels.weight.shape)
+    parts = [
+        f"<h3>Kernels of the first convolution <code>{escape(kernels.layer)}</code> "
+        f"({escape(shape)}, view: {escape(kernels.reduce)})</h3>",
+        f"<figure>{img(png, 'first-layer kernels', css_class='pixel')}</figure>",
+    ]
+    found = report_atlas(ctx)
+    parts.append(
+        f"<p>Atlas of <code>{escape(found.layer)}</code>, channels "
+        f"{escape(', '.join(map(str, found.channels)))} (exemplars searched in "
+        f"{ctx.pool.shape[0]} test inputs).</p>"
+    )
+    parts.append(found.html())
+    return Section("filters", "Filters", "\n".join(parts))
+
+
+# --------------------------------------------------------------------------- recurrent
+
+
+def _gate_rows(states: Any) -> list[list[str]]:
+    summary = states.summary
+    return [[name.replace("_", " "), fmt(value, 3)] for name, value in summary.items()]
+
+
+def recurrent_section(ctx: ReportContext) -> Section:
+    """LSTM gates and states over time, and temporal heatmaps of a few sequences."""
+    if ctx.kind != "sequence" or not has_recurrent(ctx.model):
+        return Section(
+            "recurrent",
+            "Recurrent state",
+            '<p class="note">Not a recurrent model: no gates or temporal heatmaps.</p>',
+        )
+    count = min(ctx.settings.sequences, ctx.inputs.shape[0], ctx.settings.n)
+    x = ctx.inputs[:count]
+    parts = []
+    try:
+        states = lstm_states(ctx.model, ctx.model_inputs(x))
+    except Exception as err:  # noqa: BLE001 - GRU / RNN models have no LSTM gates
+        parts.append(f'<p class="note">No LSTM gates to show: {escape(err)}</p>')
+    else:
+        parts.append(
+            "<h3>LSTM gates and states</h3><p>Mean gate values over these sequences (forget "
+            "gates near 1 keep the memory, near 0 erase it every step):</p>"
+            + table(["gate", "mean"], _gate_rows(states), css_class="num")
+        )
+        for sample in range(min(GATE_SAMPLES, count)):
+            png = figure_png(states.figure(sample), dpi=60, max_width=800)
+            parts.append(f"<figure>{img(png, f'lstm states {sample}', css_class='zoomable')}</figure>")
+    maps = temporal_maps(ctx)
+    markers = marker_steps(ctx)
+    parts.append(
+        "<h3>Temporal heatmaps</h3><p>Each sequence's features over time with the attribution "
+        "of the predicted class as a band (white 0, red 1)"
+        + ("; the dashed line marks the step that carries the label" if markers is not None else "")
+        + ".</p>"
+    )
+    for i in range(count):
+        pred = int(ctx.predicted[i])
+        figures = []
+        for method, values in maps.items():
+            fig = signal_overlay(
+                x[i],
+                values[i],
+                channels_first=False,
+                colorbar=False,
+                figsize=(6.0, 1.8),
+                title=f"sequence {i} · {method} · predicted {ctx.class_names[pred]}",
+            )
+            if markers is not None:
+                fig.axes[0].axvline(int(markers[i]), color="tab:blue", linestyle="--", linewidth=1)
+            figures.append(img(figure_png(fig, dpi=60), f"temporal {method} {i}", width=420))
+        parts.append("<p>" + " ".join(figures) + "</p>")
+    return Section("recurrent", "Recurrent state", "\n".join(parts))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def run_evaluation(ctx: ReportContext) -> EvaluationReport:
+    """:func:`~xaikit.evaluate.evaluate_methods` on the report's samples (cached)."""
+    if "evaluation" not in ctx.cache:
+        n = min(ctx.settings.eval_n or ctx.settings.n, ctx.inputs.shape[0])
+        masks = ctx.truth[:n] if ctx.truth is not None and ctx.truth.dim() == 4 else None
+        labels = ctx.targets[:n] if ctx.targets.dim() == 1 and ctx.task == "multiclass" else None
+        ctx.cache["evaluation"] = evaluate_methods(
+            ctx.model,
+            ctx.inputs[:n].to(ctx.device),
+            list(ctx.methods),
+            labels=labels,
+            masks=masks,
+            steps=ctx.settings.eval_steps,
+            sanity=ctx.settings.sanity,
+            layer=ctx.settings.layer,
+            seed=ctx.settings.seed,
+            normalization=ctx.normalization,
+            class_names=ctx.class_names,
+            quiet=ctx.settings.is_quiet,
+        )
+    return ctx.cache["evaluation"]
+
+
+def _mean(report: EvaluationReport, method: str, metric: str) -> float:
+    value = report.scores[method].get(metric, {}).get("mean")
+    return math.nan if value is None else float(value)
+
+
+def _baselines(report: EvaluationReport) -> list[str]:
+    return [m for m in report.methods if m in ("random", "gaussian")]
+
+
+def evaluation_figure(report: EvaluationReport) -> Figure:
+    """Bar charts, one panel per metric (title with its direction arrow), one bar per method
+    with the standard error; the baselines in grey."""
+    metrics = [m for m in SCORE_METRICS if any(m in report.scores[x] for x in report.methods)]
+    methods = report.methods
+    baselines = set(_baselines(report))
+    fig = new_figure(3.2 * len(metrics) + 0.4, 3.2)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    palette = [c for c in ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                           "tab:brown", "tab:pink", "tab:olive", "tab:cyan")]
+    colours = []
+    for i, method in enumerate(methods):
+        colours.append(BASELINE_COLOR if method in baselines else palette[i % len(palette)])
+    for ax, metric in zip(axes, metrics):
+        means, errors = [], []
+        for method in methods:
+            entry = report.scores[method].get(metric, {})
+            mean = entry.get("mean")
+            std, n = entry.get("std"), entry.get("n") or 0
+            means.append(math.nan if mean is None else float(mean))
+            ok = std is not None and n > 0 and math.isfinite(float(std))
+            errors.append(float(std) / math.sqrt(n) if ok else 0.0)
+        positions = np.arange(len(methods))
+        ax.bar(positions, np.nan_to_num(means), yerr=errors, color=colours, capsize=2)
+        for pos, method in zip(positions, methods):
+            if method in baselines:
+                ax.patches[int(pos)].set_hatch("//")
+        info = METRICS[metric]
+        ax.set_title(f"{info.title} {info.arrow}", fontsize=10)
+        ax.set_xticks(positions)
+        ax.set_xticklabels(methods, rotation=35, ha="right", fontsize=8)
+        ax.set_ylim(0, max(1.0, max((m for m in means if math.isfinite(m)), default=1.0)))
+        ax.tick_params(axis="y", labelsize=8)
+    fig.suptitle(
+        f"explanation quality on {report.settings.get('n')} images (grey, hatched: baselines; "
+        "bars: mean ± s.e.)",
+        fontsize=10,
+    )
+    return fig
+
+
+def cascade_figure(report: EvaluationReport) -> Figure | None:
+    """The randomization cascade: Spearman correlation with the trained model's maps as more
+    layers are re-initialized (head first), one line per method; ``None`` without sanity
+    checks."""
+    if not report.sanity:
+        return None
+    fig = new_figure(7.0, 3.2)
+    ax = fig.add_subplot()
+    labels: list[str] = []
+    threshold = None
+    for method, checks in report.sanity.items():
+        cascade = checks["randomization"]["cascade"]
+        threshold = checks["randomization"].get("threshold", threshold)
+        labels = [step["layer"] for step in cascade] or labels
+        values = [math.nan if s["spearman"] is None else s["spearman"] for s in cascade]
+        style = {"color": BASELINE_COLOR, "linestyle": "--"} if method in ("random", "gaussian") else {}
+        ax.plot(range(len(values)), values, marker="o", label=method, **style)
+    if threshold is not None:
+        ax.axhline(threshold, color="black", linewidth=0.8, linestyle=":", label="pass threshold")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("Spearman ρ vs trained ↓")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_title("cascading randomization (layers re-initialized, head first)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def _score_table(report: EvaluationReport) -> str:
+    methods = report.methods
+    baselines = _baselines(report)
+    header = "<tr><th>metric</th>" + "".join(
+        f'<th>{escape(m)}{" (baseline)" if m in baselines else ""}</th>' for m in methods
+    )
+    rows = []
+    for metric in SCORE_METRICS:
+        if not any(metric in report.scores[m] for m in methods):
+            continue
+        info = METRICS[metric]
+        values = {m: _mean(report, m, metric) for m in methods}
+        finite = [v for v in values.values() if math.isfinite(v)]
+        best = (max if info.higher_is_better else min)(finite) if finite else math.nan
+        control = [values[b] for b in baselines if math.isfinite(values[b])]
+        cells = []
+        for method in methods:
+            value = values[method]
+            entry = report.scores[method].get(metric, {})
+            tip = f"mean {fmt(value)} ± {fmt(entry.get('std'))} over {entry.get('n', 0)} maps"
+            css = ' class="best"' if math.isfinite(value) and value == best else ""
+            mark = ""
+            if method not in baselines and control and math.isfinite(value):
+                better = all(
+                    (value > c) if info.higher_is_better else (value < c) for c in control
+                )
+                mark = (
+                    ' <span class="ok" title="better than every baseline">✓</span>'
+                    if better
+                    else ' <span class="bad" title="not better than every baseline">✗</span>'
+                )
+            cells.append(f'<td{css} title="{escape(tip)}">{fmt(value)}{mark}</td>')
+        title = f"{info.title} {info.arrow}"
+        rows.append(
+            f'<tr><th title="{escape(info.description)}">{escape(title)}</th>{"".join(cells)}</tr>'
+        )
+    return (
+        '<table class="num">\n<thead>' + header + "</tr></thead>\n<tbody>\n"
+        + "\n".join(rows)
+        + "\n</tbody></table>"
+    )
+
+
+def _sanity_table(report: EvaluationReport) -> str:
+    rows = []
+    rho = METRICS["randomization_spearman"]
+    contrast = METRICS["class_contrast"]
+    for method, checks in report.sanity.items():
+        rnd, con = checks["randomization"], checks["class_contrast"]
+        rnd_text = (
+            f"{rnd['verdict']}: ρ = {fmt(rnd['score'])} {rho.arrow} (pass ≤ {fmt(rnd['threshold'], 2)},"
+            f" top {rnd['top_layers']} layers random)"
+        )
+        con_text = (
+            f"{con['verdict']}: {fmt(con['score'])} {contrast.arrow} (pass ≥ "
+            f"{fmt(con['threshold'], 2)}, top-{con['k']} classes)"
+        )
+        rows.append(
+            [
+                escape(method),
+                badge(rnd_text, rnd["verdict"], title=rho.description),
+                badge(con_text, con["verdict"], title=contrast.description),
+            ]
+        )
+    return table(["method", "parameter randomization", "class contrast"], rows, raw=True)
+
+
+def _per_class_table(report: EvaluationReport) -> str:
+    methods = [m for m in report.methods if "pointing_game" in report.scores[m]]
+    if not methods:
+        return ""
+    classes: dict[str, None] = {}
+    for m in methods:
+        classes.update(dict.fromkeys(report.scores[m]["pointing_game"].get("per_class", {})))
+    rows = [
+        [name, *(fmt(report.scores[m]["pointing_game"]["per_class"].get(name)) for m in methods)]
+        for name in classes
+    ]
+    return "<h3>Pointing game per class ↑</h3>\n" + table(["class", *methods], rows, css_class="num")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def evaluation_json(report: EvaluationReport) -> dict[str, Any]:
+    """``report.to_dict()`` with NaN / infinities as ``null`` (strict JSON)."""
+    return _json_safe(report.to_dict())
+
+
+def _image_evaluation(ctx: ReportContext) -> str:
+    report = run_evaluation(ctx)
+    settings = report.settings
+    parts = [
+        f"<p>{settings['n']} test images, explaining the predicted class; deletion / insertion "
+        f"in {settings['steps']} steps (deleted pixels become {escape(settings['deletion_baseline'])},"
+        f" insertion starts from {escape(settings['insertion_start'])}), CAM layer "
+        f"<code>{escape(settings['layer'])}</code>, seed {settings['seed']}. ↑ higher is better, "
+        "↓ lower is better; bold: best column; ✓ / ✗: better / not better than every baseline "
+        "(random and centred-Gaussian maps). Hover a value for its spread.</p>",
+        _score_table(report),
+    ]
+    if report.sanity:
+        parts.append("<h3>Sanity checks (Adebayo et al., 2018)</h3>\n" + _sanity_table(report))
+    parts.append(_per_class_table(report))
+    png = figure_png(evaluation_figure(report), dpi=72, max_width=1100)
+    parts.append(f"<figure>{img(png, 'evaluation figure')}</figure>")
+    cascade = cascade_figure(report)
+    if cascade is not None:
+        png = figure_png(cascade, dpi=72, max_width=800)
+        parts.append(f"<figure>{img(png, 'randomization cascade')}</figure>")
+    raw = json.dumps(evaluation_json(report), indent=1)
+    parts.append(
+        "<details><summary>All figures as JSON (with each metric's direction, baseline and "
+        f"paper)</summary>\n<pre>{escape(raw)}</pre></details>"
+    )
+    return "\n".join(parts)
+
+
+def temporal_hits(ctx: ReportContext) -> dict[str, dict[str, float]]:
+    """How well temporal maps find the step that carries the label, per method and for a
+    seeded random baseline: ``{"hit rate": share of maps peaking on it, "mass": mean share of
+    the map's total on it}``. Empty without ground-truth steps."""
+    markers = marker_steps(ctx)
+    if markers is None:
+        return {}
+    maps = dict(temporal_maps(ctx))
+    count = next(iter(maps.values())).shape[0]
+    generator = torch.Generator().manual_seed(ctx.settings.seed)
+    maps["random"] = torch.rand(count, maps[next(iter(maps))].shape[1], generator=generator)
+    rows = torch.arange(count)
+    out = {}
+    for method, values in maps.items():
+        hit = (values.argmax(dim=1) == markers[:count]).float().mean()
+        mass = values[rows, markers[:count]] / values.sum(dim=1).clamp(min=1e-12)
+        out[method] = {"hit rate": float(hit), "mass": float(mass.mean())}
+    return out
+
+
+def _sequence_evaluation(ctx: ReportContext) -> str:
+    hits = temporal_hits(ctx)
+    if not hits:
+        return (
+            '<p class="note">This data set has no ground-truth time steps, so temporal maps '
+            "cannot be scored; see the gallery.</p>"
+        )
+    count = next(iter(temporal_maps(ctx).values())).shape[0]
+    rows = [
+        [m + (" (baseline)" if m == "random" else ""), fmt(v["hit rate"]), fmt(v["mass"])]
+        for m, v in hits.items()
+    ]
+    return (
+        f"<p>Temporal pointing game on {count} sequences: the share of maps whose largest value "
+        "lies on the step that carries the label, and the mean share of each map's total "
+        "attribution on that step (random maps: about one over the sequence length).</p>\n"
+        + table(["method", "hit rate ↑", "mass on the marker ↑"], rows, css_class="num")
+    )
+
+
+def evaluation_section(ctx: ReportContext) -> Section:
+    """Explanation-quality figures, sanity badges and figures (see the module docstring)."""
+    if not ctx.settings.evaluate:
+        body = '<p class="note">Evaluation skipped (evaluate=False / --no-evaluate).</p>'
+    elif ctx.kind == "sequence":
+        body = _sequence_evaluation(ctx)
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            body = _image_evaluation(ctx)
+        ctx.note(caught, "evaluation")
+    return Section("evaluation", "Evaluation", body)
