@@ -9,6 +9,11 @@ memory must not grow with the folder (goal: ratio <= 1.1).
     python benchmarks/bench_explain_folder.py --quick          # tiny CNN, 32 images
     python benchmarks/bench_explain_folder.py                  # ResNet-18 at 224 px, 64 images
     python benchmarks/bench_explain_folder.py --device cuda --n 256
+
+Measured on one H100 (16 CPU cores), ResNet-18 at 224 px, 128 images of 120x160, batch 16:
+read + explain 1.8 ms/image; with --no-figure 5.8 ms/image (9.9 without the writer
+threads); with figures 40 ms/image (matplotlib); peak RSS 1599 MiB for 128 and for 512
+images.
 """
 
 from __future__ import annotations
@@ -73,7 +78,9 @@ def floor(model, folder: Path, shape, norm, batch: int, methods: list[str]) -> f
     return time.perf_counter() - start
 
 
-def pipeline(model, folder: Path, out: Path, shape, norm, batch: int, methods, figures) -> float:
+def pipeline(
+    model, folder: Path, out: Path, shape, norm, batch: int, methods, figures, workers=None
+) -> float:
     sync(model)
     start = time.perf_counter()
     explain_files(
@@ -86,6 +93,7 @@ def pipeline(model, folder: Path, out: Path, shape, norm, batch: int, methods, f
         batch_size=batch,
         figures=figures,
         quiet=True,
+        workers=workers,
     )
     sync(model)
     return time.perf_counter() - start
@@ -154,8 +162,12 @@ def main() -> None:
             model, folder, Path(tmp) / "a", shape, norm, args.batch_size, methods, False
         )
         full = pipeline(model, folder, Path(tmp) / "b", shape, norm, args.batch_size, methods, True)
+        serial = pipeline(
+            model, folder, Path(tmp) / "c", shape, norm, args.batch_size, methods, False, 0
+        )
     per = 1000 / n
     print(f"read + explain, no writes   {base * per:8.1f} ms/image")
+    print(f"pipeline, --no-figure, no writer threads {serial * per:8.1f} ms/image")
     print(f"pipeline, --no-figure       {plain * per:8.1f} ms/image  ({plain / base:.2f}x floor)")
     print(f"pipeline, with figures      {full * per:8.1f} ms/image  ({full / base:.2f}x floor)")
     small, large = peak_memory(args, n), peak_memory(args, 4 * n)

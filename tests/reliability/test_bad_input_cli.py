@@ -233,7 +233,7 @@ def test_wrong_layer_name_lists_the_valid_names(tmp_path, capsys, command):
     assert main([*args, "--layer", "features.blockX"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "'features.blockX'" in line
-    assert "features.block2" in line and "head.fc" in line
+    assert "features.block2" in line and "xaikit layers" in line
     assert files_under(out) == []
 
 

@@ -123,3 +123,14 @@ def test_layer_that_never_runs_is_reported():
     ):
         cap.run(torch.randn(1, 3, 8, 8))
     assert hook_count(model) == 0
+
+
+def test_stored_activations_survive_inplace_ops_after_the_layer():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.Conv2d(2, 1, 1))
+    x = torch.randn(1, 1, 5, 5)
+    with Capture(model, {"conv": model[0]}) as cap:
+        cap.run(x)
+    with torch.no_grad():
+        expected = model[0](x)
+    assert (expected < 0).any()
+    assert torch.equal(cap.activations["conv"], expected)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -24,6 +25,9 @@ from xaikit.train.loaders import resolve_device
 NAME = "explain"
 HELP = "heatmaps for images or folders: overlay PNGs, .npy maps and results.json"
 
+_METHODS_LINE = textwrap.fill(
+    "methods: " + ", ".join(METHODS), width=90, subsequent_indent="  ", break_on_hyphens=False
+)
 EPILOG = f"""\
 targets (--target):
   predicted        the predicted class (default)
@@ -49,7 +53,7 @@ soon as its batch is done. After a crash, rerun with --resume to skip the images
 Bad files are listed on stderr and under "errors" in {RESULTS}; the others are processed.
 
 exit codes: 0 every input explained; 2 a bad input file or bad settings; 1 internal error.
-methods: {", ".join(METHODS)}
+{_METHODS_LINE}
 """
 
 

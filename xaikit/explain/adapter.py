@@ -8,8 +8,9 @@ simple function:
   bare module, which runs on its own device);
 * inputs may be a tensor, a tuple/list (positional arguments) or a dict (keyword
   arguments); ``attribute_to`` names the input that is explained (an index or a key), the
-  others are passed through unchanged (tensors that carry the batch are repeated or indexed
-  along with the explained input when a method evaluates a bigger batch);
+  others are passed through unchanged (tensors that carry the batch follow their rows when
+  Score-CAM evaluates masked copies; integrated gradients, SmoothGrad and occlusion expand
+  the batch in their own layout, so on such models they explain one input at a time);
 * every tensor input is moved to the model's device;
 * outputs may be a tensor, a tuple/list, a dict (or HuggingFace ``ModelOutput``) or any
   object; ``output=`` selects the scores (an index, a key, an attribute name or a callable).

@@ -302,15 +302,18 @@ def _run(
         if name in GRADIENT_NAMES:
             raws[name] = _gradient_method(adapter, name, index, settings, routed[name], raws, size)
 
+    valid = targets.valid
+    all_valid = bool(valid.all())
     with torch.no_grad():
-        valid = targets.valid
-        explained = adapter.scores(logits).gather(1, index) * valid
-        probabilities = adapter.probabilities(logits).gather(1, index) * valid
+        explained = adapter.scores(logits).gather(1, index)
+        probabilities = adapter.probabilities(logits).gather(1, index)
+        if not all_valid:
+            explained, probabilities = explained * valid, probabilities * valid
     results: dict[str, Explanation] = {}
     degenerate_total = 0
     for name in methods:
         raw = raws[name].detach()
-        if not bool(valid.all()):
+        if not all_valid:
             raw = raw * valid.reshape(*valid.shape, *[1] * (raw.dim() - 2)).to(raw.dtype)
         maps, degenerate = to_heatmaps(
             raw,

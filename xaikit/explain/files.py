@@ -167,14 +167,12 @@ def collect_images(
         raise DataError("no input images given; pass image files or folders")
     for path in given:
         if not path.is_dir():
-            add(path, _safe_key(path.name or str(path)))
+            add(path, path.name or str(path))
             continue
-        prefix = _safe_key(path.resolve().name or "root")
-        found = [
-            f
-            for f in list_images(path, recursive=True)
-            if excluded is None or not f.resolve().is_relative_to(excluded)
-        ]
+        prefix = path.resolve().name or "root"
+        found = list_images(path, recursive=True)
+        if excluded is not None and excluded.is_relative_to(path.resolve()):
+            found = [f for f in found if not f.resolve().is_relative_to(excluded)]
         if not found:
             add(
                 path,
@@ -185,11 +183,6 @@ def collect_images(
         for file in found:
             add(file, f"{prefix}/{file.relative_to(path).as_posix()}")
     return sources
-
-
-def _safe_key(name: str) -> str:
-    cleaned = "/".join(_UNSAFE.sub("_", part).lstrip(".") or "_" for part in name.split("/"))
-    return cleaned or "_"
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -485,6 +478,7 @@ class _Writer:
     def image(self, item: _Loaded, i: int, results: Mapping[str, _Cpu]) -> None:
         """Queue every output of input ``i`` of the batch, and its journal record."""
         first = next(iter(results.values()))
+        labels = first.class_names or []
         folder = self.out / item.source.key
         targets: list[dict[str, Any]] = []
         kept: list[int] = []
@@ -492,7 +486,7 @@ class _Writer:
             if not bool(first.valid[i, k]):
                 continue
             index = int(first.targets[i, k])
-            name = first.class_names[index] if first.class_names is not None else None
+            name = labels[index] if index < len(labels) else None
             targets.append(
                 {
                     "index": index,
@@ -507,7 +501,8 @@ class _Writer:
         for method, res in results.items():
             entries = []
             for k, target in zip(kept, targets):
-                stem = f"{method}.{target_tag(target['index'], target['name'])}"
+                tag = target_tag(target["index"], target["name"])
+                stem = f"{_UNSAFE.sub('_', method)}.{tag}"
                 heat = res.maps[i, k].numpy()
                 entry: dict[str, Any] = {
                     "target": target["index"],

@@ -110,6 +110,10 @@ class Capture:
                 passed_on = None
             if self.stop and len(self.activations) == len(self.layers):
                 raise StopForward
+            if not self.grad:
+                # The forward goes on: an in-place op after the layer (ReLU(inplace=True))
+                # would overwrite a tensor that shares the layer's memory.
+                self.activations[name] = self.activations[name].clone()
             if passed_on is None:
                 return None
             if isinstance(output, torch.Tensor):

@@ -10,7 +10,8 @@ Normalization modes, per map ``m`` (one input, one target):
 * ``None``: the values as computed (upsampled CAMs after ReLU, or gradient maps).
 
 A map is *degenerate* when it is constant: ``max m - min m <= eps * max |m|`` (an all-zero
-map included, e.g. a CAM whose evidence is all negative before the ReLU), or when it holds
+map included, e.g. a CAM whose evidence is all negative before the ReLU), when its range is
+below the smallest normal float (it cannot be rescaled without overflow), or when it holds
 NaN/inf. A degenerate map is returned as zeros by every normalizing mode (never NaN) and
 flagged in ``Explanation.degenerate``; ``normalize=None`` returns it unchanged except that
 non-finite values become 0.
@@ -81,7 +82,8 @@ def normalize_maps(
         lo, hi = torch.aminmax(flat, dim=2)
         span = hi - lo
     scale = torch.maximum(lo.abs(), hi.abs())
-    keep = (span > eps * scale) & finite  # an all-zero map: 0 > 0 is False
+    # An all-zero map fails (0 > 0); a subnormal span would overflow its reciprocal.
+    keep = (span > eps * scale) & (span >= torch.finfo(span.dtype).tiny) & finite
     if valid is not None:
         keep &= valid
         degenerate = valid & ~keep

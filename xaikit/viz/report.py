@@ -73,7 +73,8 @@ SECTION_IDS = (
     "recurrent",
     "evaluation",
 )
-SIZE_BUDGET = 5 * 1024 * 1024  # bytes, for 100 gallery samples
+SIZE_BUDGET = 5 * 1024 * 1024  # bytes of the whole page, for 100 gallery samples
+GALLERY_BUDGET = 3_500_000  # bytes of the gallery's images, the rest of the page is < 1.5 MB
 IMAGE_CHANNEL_DIM = {"image": -3, "signal": -2, "sequence": -1}
 
 
@@ -97,6 +98,8 @@ class ReportSettings:
         exemplar_pool: test inputs searched for dataset exemplars.
         sequences: sequences drawn in the recurrent section.
         cell_px: longest side of a gallery image, in pixels (larger inputs are downscaled).
+        gallery_budget: bytes the gallery's images may take in the page; when the estimate
+            exceeds it, every gallery image is downscaled alike (never below 24 px).
         quiet: hide progress bars (default: ``$XAIKIT_QUIET``).
     """
 
@@ -114,6 +117,7 @@ class ReportSettings:
     exemplar_pool: int = 256
     sequences: int = 3
     cell_px: int = 96
+    gallery_budget: int = GALLERY_BUDGET
     quiet: bool | None = None
 
     def check(self) -> None:
@@ -127,6 +131,8 @@ class ReportSettings:
             raise XaikitConfigError("report setting atlas_steps must be >= 0")
         if self.cell_px < 16:
             raise XaikitConfigError("report setting cell_px must be at least 16 pixels")
+        if self.gallery_budget < 1:
+            raise XaikitConfigError("report setting gallery_budget must be positive")
         if self.methods is not None and not self.methods:
             raise XaikitConfigError("report setting methods is empty")
 
@@ -389,7 +395,9 @@ def load_context(
         )
     ctx.class_names = [str(c) for c in names] if len(names) == outputs else []
     if not ctx.class_names:
-        ctx.class_names = ["positive"] if task == "binary" else [f"class {k}" for k in range(outputs)]
+        ctx.class_names = (
+            ["positive"] if task == "binary" else [f"class {k}" for k in range(outputs)]
+        )
     ctx.probabilities = get_task(task).probabilities(ctx.logits)
     return ctx
 
@@ -484,7 +492,7 @@ def training_section(ctx: ReportContext) -> Section:
         with Image.open(files["curves"]) as opened:
             png = encode_png(opened.convert("RGB"), max_side=1000)
         parts.append(
-            f'<figure>{img(png, "training curves")}<figcaption>'
+            f"<figure>{img(png, 'training curves')}<figcaption>"
             f"{escape(files['curves'].name)}: loss and metrics per epoch</figcaption></figure>"
         )
     if "history" in files:
@@ -500,16 +508,16 @@ def training_section(ctx: ReportContext) -> Section:
 
 def _confusion_table(matrix: Sequence[Sequence[float]], names: Sequence[str]) -> str:
     peak = max((max(row) for row in matrix if row), default=0)
-    header = "<tr><th>true \\ predicted</th>" + "".join(
-        f"<th>{escape(n)}</th>" for n in names
-    )
+    header = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{escape(n)}</th>" for n in names)
     rows = []
     for i, row in enumerate(matrix):
         label = names[i] if i < len(names) else str(i)
         cells = "".join(heat_cell(float(v), float(peak), fmt(v)) for v in row)
         rows.append(f"<tr><th>{escape(label)}</th>{cells}</tr>")
     return (
-        '<table class="confusion">\n<thead>' + header + "</tr></thead>\n<tbody>\n"
+        '<table class="confusion">\n<thead>'
+        + header
+        + "</tr></thead>\n<tbody>\n"
         + "\n".join(rows)
         + "\n</tbody></table>"
     )
@@ -561,7 +569,10 @@ def metrics_section(ctx: ReportContext) -> Section:
         (
             value
             for key, value in metrics.items()
-            if "confusion" in key and isinstance(value, list) and value and isinstance(value[0], list)
+            if "confusion" in key
+            and isinstance(value, list)
+            and value
+            and isinstance(value[0], list)
         ),
         None,
     )
@@ -572,14 +583,18 @@ def metrics_section(ctx: ReportContext) -> Section:
         parts.append('<p class="note">The model card holds no test metrics.</p>')
     if per_class:
         header = ["class", *per_class]
-        rows = [[name, *(fmt(per_class[k][i], 3) for k in per_class)] for i, name in enumerate(names)]
+        rows = [
+            [name, *(fmt(per_class[k][i], 3) for k in per_class)] for i, name in enumerate(names)
+        ]
         parts.append("<h3>Per class</h3>\n" + table(header, rows, css_class="num"))
     source = "model card, test split"
     if matrix is None:
         matrix = _sample_confusion(ctx)
         source = f"the report's {ctx.inputs.shape[0]} samples"
     if matrix is not None:
-        parts.append(f"<h3>Confusion matrix ({escape(source)})</h3>\n" + _confusion_table(matrix, names))
+        parts.append(
+            f"<h3>Confusion matrix ({escape(source)})</h3>\n" + _confusion_table(matrix, names)
+        )
     sample = _sample_metrics(ctx)
     if sample:
         rows = [(k, fmt(v, 3)) for k, v in sample.items()]
@@ -660,6 +675,7 @@ def build_report(
     exemplar_pool: int = 256,
     sequences: int = 3,
     cell_px: int = 96,
+    gallery_budget: int = GALLERY_BUDGET,
     data_options: Mapping[str, Any] | None = None,
     title: str | None = None,
     device: str | torch.device = "cpu",
@@ -677,7 +693,7 @@ def build_report(
         out: the ``.html`` file to write (atomically); ``None`` returns the page as text.
         n: test samples in the heatmap gallery; also scored by the evaluation unless
             ``eval_n`` is given. About 40 KB per 64x64 sample with 4 methods: 100 samples
-            stay under the 5 MB budget.
+            stay under the 5 MB budget (``gallery_budget`` shrinks images when needed).
         methods: heatmap methods (default :data:`DEFAULT_METHODS`; :data:`SEQUENCE_METHODS`
             for recurrent models).
         layer: explained layer of CAM methods. ``filter_layer``: the atlas layer (default
@@ -689,6 +705,8 @@ def build_report(
             :func:`xaikit.filters.atlas`).
         sequences: sequences drawn in the recurrent section.
         cell_px: longest side of a gallery image (larger inputs are downscaled).
+        gallery_budget: bytes the gallery's images may take; above it they are downscaled
+            alike so the page stays under :data:`SIZE_BUDGET`.
         data_options: extra options for the data set loader.
         title: the page title (default ``"xaikit report: <model>"``).
         device: where the model runs.
@@ -715,6 +733,7 @@ def build_report(
         exemplar_pool=exemplar_pool,
         sequences=sequences,
         cell_px=cell_px,
+        gallery_budget=gallery_budget,
         quiet=quiet,
     )
     ctx = load_context(
@@ -731,13 +750,16 @@ def build_report(
         return text
     path = Path(out)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise XaikitConfigError(f"the report is an HTML file; give a path ending in .html, got {path}")
+        raise XaikitConfigError(
+            f"the report is an HTML file; give a path ending in .html, got {path}"
+        )
     atomic_write_text(path, text)
     return path
 
 
 __all__ = [
     "DEFAULT_METHODS",
+    "GALLERY_BUDGET",
     "SECTION_IDS",
     "SEQUENCE_METHODS",
     "SIZE_BUDGET",

@@ -9,8 +9,7 @@
   sanity checks as pass/fail badges, two figures and the raw JSON. For sequence models with a
   known answer step (``recall``), how often each temporal map peaks on it.
 
-:func:`evaluation_figure` and :func:`cascade_figure` draw an
-:class:`~xaikit.evaluate.EvaluationReport` for any caller (``xaikit demo`` saves them).
+The figures come from :mod:`xaikit.viz.report_figures`.
 """
 
 from __future__ import annotations
@@ -20,23 +19,26 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
 
+from xaikit.errors import XaikitConfigError
 from xaikit.evaluate import METRICS, EvaluationReport, evaluate_methods
+from xaikit.explain.layers import resolve_layer
 from xaikit.explain.state import has_recurrent
 from xaikit.filters import Atlas, activations, atlas, lstm_states, weights
-from xaikit.filters._plot import new_figure
 from xaikit.viz.html import Section, badge, escape, figure_png, fmt, img, table
 from xaikit.viz.overlay import signal_overlay
+from xaikit.viz.report_figures import (
+    BASELINES,
+    SCORE_METRICS,
+    cascade_figure,
+    evaluation_figure,
+)
 from xaikit.viz.report_gallery import marker_steps, temporal_maps
 
 if TYPE_CHECKING:
     from xaikit.viz.report import ReportContext
 
-BASELINE_COLOR = "#9aa3ad"
-SCORE_METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
 ATLAS_EXEMPLARS = 6
 GATE_SAMPLES = 2
 
@@ -45,7 +47,9 @@ GATE_SAMPLES = 2
 
 
 def _channel_count(ctx: ReportContext, layer: str) -> int:
-    maps = activations(ctx.model, ctx.pool[:1].to(ctx.device), layer, normalization=ctx.normalization)
+    maps = activations(
+        ctx.model, ctx.pool[:1].to(ctx.device), layer, normalization=ctx.normalization
+    )
     return int(next(iter(maps.values())).shape[1])
 
 
@@ -116,7 +120,7 @@ def recurrent_section(ctx: ReportContext) -> Section:
     parts = []
     try:
         states = lstm_states(ctx.model, ctx.model_inputs(x))
-    except Exception as err:  # noqa: BLE001 - GRU / RNN models have no LSTM gates
+    except XaikitConfigError as err:  # GRU / RNN models have no LSTM gates
         parts.append(f'<p class="note">No LSTM gates to show: {escape(err)}</p>')
     else:
         parts.append(
@@ -126,7 +130,9 @@ def recurrent_section(ctx: ReportContext) -> Section:
         )
         for sample in range(min(GATE_SAMPLES, count)):
             png = figure_png(states.figure(sample), dpi=60, max_width=800)
-            parts.append(f"<figure>{img(png, f'lstm states {sample}', css_class='zoomable')}</figure>")
+            parts.append(
+                f"<figure>{img(png, f'lstm states {sample}', css_class='zoomable')}</figure>"
+            )
     maps = temporal_maps(ctx)
     markers = marker_steps(ctx)
     parts.append(
@@ -186,83 +192,14 @@ def _mean(report: EvaluationReport, method: str, metric: str) -> float:
 
 
 def _baselines(report: EvaluationReport) -> list[str]:
-    return [m for m in report.methods if m in ("random", "gaussian")]
-
-
-def evaluation_figure(report: EvaluationReport) -> Figure:
-    """Bar charts, one panel per metric (title with its direction arrow), one bar per method
-    with the standard error; the baselines in grey."""
-    metrics = [m for m in SCORE_METRICS if any(m in report.scores[x] for x in report.methods)]
-    methods = report.methods
-    baselines = set(_baselines(report))
-    fig = new_figure(3.2 * len(metrics) + 0.4, 3.2)
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    palette = [c for c in ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
-                           "tab:brown", "tab:pink", "tab:olive", "tab:cyan")]
-    colours = []
-    for i, method in enumerate(methods):
-        colours.append(BASELINE_COLOR if method in baselines else palette[i % len(palette)])
-    for ax, metric in zip(axes, metrics):
-        means, errors = [], []
-        for method in methods:
-            entry = report.scores[method].get(metric, {})
-            mean = entry.get("mean")
-            std, n = entry.get("std"), entry.get("n") or 0
-            means.append(math.nan if mean is None else float(mean))
-            ok = std is not None and n > 0 and math.isfinite(float(std))
-            errors.append(float(std) / math.sqrt(n) if ok else 0.0)
-        positions = np.arange(len(methods))
-        ax.bar(positions, np.nan_to_num(means), yerr=errors, color=colours, capsize=2)
-        for pos, method in zip(positions, methods):
-            if method in baselines:
-                ax.patches[int(pos)].set_hatch("//")
-        info = METRICS[metric]
-        ax.set_title(f"{info.title} {info.arrow}", fontsize=10)
-        ax.set_xticks(positions)
-        ax.set_xticklabels(methods, rotation=35, ha="right", fontsize=8)
-        ax.set_ylim(0, max(1.0, max((m for m in means if math.isfinite(m)), default=1.0)))
-        ax.tick_params(axis="y", labelsize=8)
-    fig.suptitle(
-        f"explanation quality on {report.settings.get('n')} images (grey, hatched: baselines; "
-        "bars: mean ± s.e.)",
-        fontsize=10,
-    )
-    return fig
-
-
-def cascade_figure(report: EvaluationReport) -> Figure | None:
-    """The randomization cascade: Spearman correlation with the trained model's maps as more
-    layers are re-initialized (head first), one line per method; ``None`` without sanity
-    checks."""
-    if not report.sanity:
-        return None
-    fig = new_figure(7.0, 3.2)
-    ax = fig.add_subplot()
-    labels: list[str] = []
-    threshold = None
-    for method, checks in report.sanity.items():
-        cascade = checks["randomization"]["cascade"]
-        threshold = checks["randomization"].get("threshold", threshold)
-        labels = [step["layer"] for step in cascade] or labels
-        values = [math.nan if s["spearman"] is None else s["spearman"] for s in cascade]
-        style = {"color": BASELINE_COLOR, "linestyle": "--"} if method in ("random", "gaussian") else {}
-        ax.plot(range(len(values)), values, marker="o", label=method, **style)
-    if threshold is not None:
-        ax.axhline(threshold, color="black", linewidth=0.8, linestyle=":", label="pass threshold")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("Spearman ρ vs trained ↓")
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_title("cascading randomization (layers re-initialized, head first)", fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
-    return fig
+    return [m for m in report.methods if m in BASELINES]
 
 
 def _score_table(report: EvaluationReport) -> str:
     methods = report.methods
     baselines = _baselines(report)
     header = "<tr><th>metric</th>" + "".join(
-        f'<th>{escape(m)}{" (baseline)" if m in baselines else ""}</th>' for m in methods
+        f"<th>{escape(m)}{' (baseline)' if m in baselines else ''}</th>" for m in methods
     )
     rows = []
     for metric in SCORE_METRICS:
@@ -281,9 +218,7 @@ def _score_table(report: EvaluationReport) -> str:
             css = ' class="best"' if math.isfinite(value) and value == best else ""
             mark = ""
             if method not in baselines and control and math.isfinite(value):
-                better = all(
-                    (value > c) if info.higher_is_better else (value < c) for c in control
-                )
+                better = all((value > c) if info.higher_is_better else (value < c) for c in control)
                 mark = (
                     ' <span class="ok" title="better than every baseline">✓</span>'
                     if better
@@ -295,7 +230,9 @@ def _score_table(report: EvaluationReport) -> str:
             f'<tr><th title="{escape(info.description)}">{escape(title)}</th>{"".join(cells)}</tr>'
         )
     return (
-        '<table class="num">\n<thead>' + header + "</tr></thead>\n<tbody>\n"
+        '<table class="num">\n<thead>'
+        + header
+        + "</tr></thead>\n<tbody>\n"
         + "\n".join(rows)
         + "\n</tbody></table>"
     )
@@ -308,8 +245,8 @@ def _sanity_table(report: EvaluationReport) -> str:
     for method, checks in report.sanity.items():
         rnd, con = checks["randomization"], checks["class_contrast"]
         rnd_text = (
-            f"{rnd['verdict']}: ρ = {fmt(rnd['score'])} {rho.arrow} (pass ≤ {fmt(rnd['threshold'], 2)},"
-            f" top {rnd['top_layers']} layers random)"
+            f"{rnd['verdict']}: ρ = {fmt(rnd['score'])} {rho.arrow} (pass ≤ "
+            f"{fmt(rnd['threshold'], 2)}, top {rnd['top_layers']} layers random)"
         )
         con_text = (
             f"{con['verdict']}: {fmt(con['score'])} {contrast.arrow} (pass ≥ "
@@ -336,7 +273,9 @@ def _per_class_table(report: EvaluationReport) -> str:
         [name, *(fmt(report.scores[m]["pointing_game"]["per_class"].get(name)) for m in methods)]
         for name in classes
     ]
-    return "<h3>Pointing game per class ↑</h3>\n" + table(["class", *methods], rows, css_class="num")
+    return "<h3>Pointing game per class ↑</h3>\n" + table(
+        ["class", *methods], rows, css_class="num"
+    )
 
 
 def _json_safe(value: Any) -> Any:
@@ -354,14 +293,24 @@ def evaluation_json(report: EvaluationReport) -> dict[str, Any]:
     return _json_safe(report.to_dict())
 
 
+def _layer_text(ctx: ReportContext, layer: str) -> str:
+    """The name behind ``"auto"``: the layer CAM methods actually used."""
+    if layer != "auto":
+        return layer
+    example = ctx.model_inputs(ctx.inputs[:1])
+    return resolve_layer(ctx.model, "auto", example)[0]
+
+
 def _image_evaluation(ctx: ReportContext) -> str:
     report = run_evaluation(ctx)
     settings = report.settings
     parts = [
         f"<p>{settings['n']} test images, explaining the predicted class; deletion / insertion "
-        f"in {settings['steps']} steps (deleted pixels become {escape(settings['deletion_baseline'])},"
-        f" insertion starts from {escape(settings['insertion_start'])}), CAM layer "
-        f"<code>{escape(settings['layer'])}</code>, seed {settings['seed']}. ↑ higher is better, "
+        f"in {settings['steps']} steps (deleted pixels become "
+        f"{escape(settings['deletion_baseline'])}, insertion starts from "
+        f"{escape(settings['insertion_start'])}), CAM layer "
+        f"<code>{escape(_layer_text(ctx, settings['layer']))}</code>, seed {settings['seed']}. "
+        "↑ higher is better, "
         "↓ lower is better; bold: best column; ✓ / ✗: better / not better than every baseline "
         "(random and centred-Gaussian maps). Hover a value for its spread.</p>",
         _score_table(report),

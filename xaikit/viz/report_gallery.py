@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,20 +21,56 @@ import torch
 
 from xaikit.explain.api import explain
 from xaikit.explain.temporal import explain_sequence
-from xaikit.filters._plot import new_figure
+from xaikit.viz.colormaps import CONTOUR_COLOR
 from xaikit.viz.html import Section, badge, encode_png, escape, figure_png, img
 from xaikit.viz.overlay import mask_contour, overlay, signal_overlay, to_display_image
-from xaikit.viz.colormaps import CONTOUR_COLOR
+from xaikit.viz.report_figures import temporal_matrix_figure
 
 if TYPE_CHECKING:
     from xaikit.viz.report import ReportContext
 
 SIGNAL_GALLERY_MAX = 16  # signal figures are larger than image cells
 DISPLAY_PX = 112  # CSS width of a gallery cell
+GALLERY_COLORS = 128  # palette of gallery cells (see encode_png)
+MIN_CELL_PX = 24  # the budget never shrinks a cell below this
+MAX_LABELS = 4  # rows per sample of a multi-label gallery
+CELL_MARKUP = 200  # bytes of HTML around each gallery image
 
 
-def _cell_png(rgb: np.ndarray, cell_px: int) -> bytes:
-    return encode_png(rgb, max_side=cell_px)
+@dataclass
+class _Cell:
+    """One gallery image before encoding: ``rgb`` ``(H, W, 3)`` uint8 and its markup."""
+
+    rgb: np.ndarray
+    alt: str
+    title: str | None = None
+    after: str = ""
+
+    def html(self, side: int) -> str:
+        png = encode_png(self.rgb, max_side=side, colors=GALLERY_COLORS)
+        image = img(png, self.alt, title=self.title, css_class="zoomable", width=DISPLAY_PX)
+        return image + self.after
+
+
+def cell_side(cells: list[_Cell], cell_px: int, budget: int) -> int:
+    """The longest side the cells are encoded at: their own size up to ``cell_px``, shrunk
+    until the estimated page bytes of all cells (base64 and markup included) fit ``budget``.
+
+    The estimate encodes a dozen cells spread over the gallery at the candidate size; a
+    smaller size is re-measured, since fewer pixels compress less well.
+    """
+    if not cells:
+        return cell_px
+    side = min(cell_px, max(cells[0].rgb.shape[:2]))
+    step = max(1, len(cells) // 12)
+    sample = cells[::step][:12]
+    for _ in range(4):
+        sizes = [len(encode_png(c.rgb, max_side=side, colors=GALLERY_COLORS)) for c in sample]
+        estimate = (sum(sizes) / len(sizes) * 4 / 3 + CELL_MARKUP) * len(cells)
+        if estimate <= budget or side <= MIN_CELL_PX:
+            break
+        side = max(MIN_CELL_PX, int(side * math.sqrt(budget / estimate) * 0.97))
+    return side
 
 
 def _mask_for(ctx: ReportContext, index: int, cls: int) -> torch.Tensor | None:
@@ -43,26 +81,31 @@ def _mask_for(ctx: ReportContext, index: int, cls: int) -> torch.Tensor | None:
     return mask if bool(mask.any()) else None
 
 
-def _input_cell(ctx: ReportContext, index: int, classes: list[int]) -> str:
+def _input_cell(ctx: ReportContext, index: int, classes: list[int], after: str = "") -> _Cell:
     rgb = (to_display_image(ctx.inputs[index]) * 255).round().astype(np.uint8)
     for cls in classes:
         mask = _mask_for(ctx, index, cls)
         if mask is not None:
             rgb[mask_contour(mask.numpy())] = CONTOUR_COLOR
-    png = _cell_png(rgb, ctx.settings.cell_px)
-    return img(png, f"input {index}", css_class="zoomable", width=DISPLAY_PX)
+    return _Cell(rgb, f"input {index}", after=after)
 
 
 def _image_targets(ctx: ReportContext) -> Any:
-    """``"predicted"`` for multi-class; per sample, predicted or true labels for multi-label."""
+    """``"predicted"`` for multi-class; for multi-label, per sample the labels it carries or
+    the model predicts (at most :data:`MAX_LABELS`, true and predicted ones first, then by
+    probability), or the most probable label when there are none."""
     if ctx.task != "multilabel":
         return "predicted"
     predicted = ctx.predicted.bool()
     truth = ctx.targets.bool() if ctx.targets.dim() == 2 else torch.zeros_like(predicted)
     chosen = []
-    for i in range(predicted.shape[0]):
+    for i in range(min(ctx.settings.n, predicted.shape[0])):
         labels = (predicted[i] | truth[i]).nonzero().reshape(-1).tolist()
-        chosen.append(labels or [int(ctx.probabilities[i].argmax())])
+        rank = sorted(
+            labels,
+            key=lambda k: (not (predicted[i, k] and truth[i, k]), -float(ctx.probabilities[i, k])),
+        )
+        chosen.append(sorted(rank[:MAX_LABELS]) or [int(ctx.probabilities[i].argmax())])
     return chosen
 
 
@@ -88,19 +131,16 @@ def image_explanations(ctx: ReportContext) -> dict[str, Any]:
 
 def _overlay_cell(
     ctx: ReportContext, results: dict[str, Any], method: str, index: int, k: int
-) -> str:
+) -> _Cell:
     res = results[method]
     cls = int(res.targets[index, k])
     heat = res.maps[index, k].detach().float().cpu()
     mask = _mask_for(ctx, index, cls)
     rgb = overlay(ctx.inputs[index], heat, mask=None if mask is None else mask.numpy())
-    png = _cell_png(rgb, ctx.settings.cell_px)
     name = ctx.class_names[cls] if 0 <= cls < len(ctx.class_names) else str(cls)
     tip = f"{method} · {name} · score {float(res.scores[index, k]):.3g}"
-    cell = img(png, f"{method} {index} {name}", title=tip, css_class="zoomable", width=DISPLAY_PX)
-    if bool(res.degenerate[index, k]):
-        cell += '<br><span class="bad">constant map</span>'
-    return cell
+    after = '<br><span class="bad">constant map</span>' if bool(res.degenerate[index, k]) else ""
+    return _Cell(rgb, f"{method} {index} {name}", title=tip, after=after)
 
 
 def _truth_text(ctx: ReportContext, index: int) -> str:
@@ -113,22 +153,25 @@ def _truth_text(ctx: ReportContext, index: int) -> str:
     true_name = ctx.class_names[true_cls] if true_cls < len(ctx.class_names) else str(true_cls)
     mark = '<span class="ok">✓</span>' if ok else '<span class="bad">✗</span>'
     return (
-        f"true <b>{escape(true_name)}</b><br>pred {escape(ctx.class_names[pred])} "
-        f"({p:.2f}) {mark}"
+        f"true <b>{escape(true_name)}</b><br>pred {escape(ctx.class_names[pred])} ({p:.2f}) {mark}"
     )
 
 
-def _multiclass_rows(ctx: ReportContext, results: dict[str, Any]) -> list[str]:
+# A gallery row: (markup before the cells, cells, markup between them) - cells are encoded
+# last, once the budget has fixed their size.
+Row = list[str | _Cell]
+
+
+def _multiclass_rows(ctx: ReportContext, results: dict[str, Any]) -> list[Row]:
     first = next(iter(results.values()))
-    rows = []
+    rows: list[Row] = []
     for i in range(first.maps.shape[0]):
         cls = int(first.targets[i, 0])
-        cells = [
-            f"<td>#{i}</td>",
-            f"<td>{_input_cell(ctx, i, [cls])}<br>{_truth_text(ctx, i)}</td>",
-        ]
-        cells += [f"<td>{_overlay_cell(ctx, results, m, i, 0)}</td>" for m in ctx.methods]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        row: Row = [f"<td>#{i}</td>", "<td>", _input_cell(ctx, i, [cls]), "<br>"]
+        row += [_truth_text(ctx, i), "</td>"]
+        for method in ctx.methods:
+            row += ["<td>", _overlay_cell(ctx, results, method, i, 0), "</td>"]
+        rows.append(row)
     return rows
 
 
@@ -145,21 +188,26 @@ def _label_text(ctx: ReportContext, index: int, cls: int) -> str:
     return f"<b>{escape(name)}</b><br>p = {p:.2f}<br>{' '.join(tags)}"
 
 
-def _multilabel_rows(ctx: ReportContext, results: dict[str, Any]) -> list[str]:
+def _multilabel_rows(ctx: ReportContext, results: dict[str, Any]) -> list[Row]:
     first = next(iter(results.values()))
-    rows = []
+    rows: list[Row] = []
     for i in range(first.maps.shape[0]):
         ks = [k for k in range(first.maps.shape[1]) if bool(first.valid[i, k])]
         classes = [int(first.targets[i, k]) for k in ks]
         for j, k in enumerate(ks):
-            cells = []
+            row: Row = []
             if j == 0:
                 span = f' rowspan="{len(ks)}"'
-                cells.append(f"<td{span}>#{i}</td>")
-                cells.append(f"<td{span}>{_input_cell(ctx, i, classes)}</td>")
-            cells.append(f"<td>{_label_text(ctx, i, classes[j])}</td>")
-            cells += [f"<td>{_overlay_cell(ctx, results, m, i, k)}</td>" for m in ctx.methods]
-            rows.append("<tr>" + "".join(cells) + "</tr>")
+                row += [
+                    f"<td{span}>#{i}</td>",
+                    f"<td{span}>",
+                    _input_cell(ctx, i, classes),
+                    "</td>",
+                ]
+            row.append(f"<td>{_label_text(ctx, i, classes[j])}</td>")
+            for method in ctx.methods:
+                row += ["<td>", _overlay_cell(ctx, results, method, i, k), "</td>"]
+            rows.append(row)
     return rows
 
 
@@ -170,22 +218,34 @@ def _image_gallery(ctx: ReportContext) -> str:
     header = ["#", "input", *(["label"] if multilabel else []), *ctx.methods]
     head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
     rows = _multilabel_rows(ctx, results) if multilabel else _multiclass_rows(ctx, results)
+    cells = [part for row in rows for part in row if isinstance(part, _Cell)]
+    side = cell_side(cells, ctx.settings.cell_px, ctx.settings.gallery_budget)
+    body = [
+        "<tr>" + "".join(p.html(side) if isinstance(p, _Cell) else p for p in row) + "</tr>"
+        for row in rows
+    ]
+    native = max(ctx.inputs.shape[-2:])
+    scaled = (
+        f" Images are stored at {side} px (inputs are {native} px) to keep the page small."
+        if side < native
+        else ""
+    )
     layer = first.layer or "input"
     contour = "" if ctx.truth is None else " The white contour is the ground-truth mask."
     target = (
-        "one row per label the model predicts or the sample carries"
+        f"one row per label the model predicts or the sample carries (at most {MAX_LABELS})"
         if multilabel
         else "explaining the predicted class"
     )
     intro = (
         f"<p>{first.maps.shape[0]} test samples, {target}. CAM methods at layer "
         f"<code>{escape(layer)}</code>; maps min-max normalized per map (blue 0, red 1).{contour}"
-        " Click an image to enlarge it.</p>"
+        f"{scaled} Click an image to enlarge it.</p>"
     )
     return (
         intro
         + f'\n<table class="gallery">\n<thead>{head}</thead>\n<tbody>\n'
-        + "\n".join(rows)
+        + "\n".join(body)
         + "\n</tbody></table>"
     )
 
@@ -205,9 +265,7 @@ def _signal_gallery(ctx: ReportContext) -> str:
             return_result=True,
         )
     ctx.note(caught, "gallery")
-    head = "<tr><th>#</th><th>truth</th>" + "".join(
-        f"<th>{escape(m)}</th>" for m in ctx.methods
-    )
+    head = "<tr><th>#</th><th>truth</th>" + "".join(f"<th>{escape(m)}</th>" for m in ctx.methods)
     rows = []
     for i in range(count):
         cells = [f"<td>#{i}</td>", f"<td>{_truth_text(ctx, i)}</td>"]
@@ -259,24 +317,7 @@ def _sequence_gallery(ctx: ReportContext) -> str:
     maps = temporal_maps(ctx)
     markers = marker_steps(ctx)
     count = next(iter(maps.values())).shape[0]
-    methods = list(maps)
-    fig = new_figure(3.4 * len(methods) + 0.6, min(0.16 * count + 1.4, 16))
-    axes = fig.subplots(1, len(methods), squeeze=False)[0]
-    for ax, method in zip(axes, methods):
-        image = ax.imshow(
-            maps[method].numpy(), aspect="auto", cmap="Reds", vmin=0, vmax=1,
-            interpolation="nearest",
-        )
-        if markers is not None:
-            ax.scatter(
-                markers[:count].numpy(), np.arange(count), marker="|", s=40, c="tab:blue",
-                label="marker",
-            )
-        ax.set_title(method, fontsize=10)
-        ax.set_xlabel("time step")
-        ax.set_ylabel("sample")
-    fig.colorbar(image, ax=list(axes), pad=0.01, label="|attribution|")
-    png = figure_png(fig, dpi=72, max_width=1100)
+    png = figure_png(temporal_matrix_figure(maps, markers), dpi=72, max_width=1100)
     marker_note = (
         " Blue ticks: the step that carries the label (the recall marker)."
         if markers is not None

@@ -1,0 +1,161 @@
+"""``xaikit report``: one self-contained HTML page about a model (see :mod:`xaikit.viz.report`).
+
+The page holds the model card, training curves, metrics and confusion matrix, a heatmap
+gallery (several methods per test sample, one row per label for multi-label models), the
+filter atlas of one layer, LSTM gates and temporal heatmaps for recurrent models, and the
+explanation-quality figures with sanity-check badges. Images are inlined, nothing refers to
+the network: the file opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import time
+from pathlib import Path
+from typing import Any
+
+from xaikit.cli._common import add_model_argument, load_cli_model
+from xaikit.errors import XaikitConfigError
+from xaikit.viz.report import DEFAULT_METHODS, SEQUENCE_METHODS, build_report
+from xaikit.zoo.checkpoint import list_shipped_models
+from xaikit.zoo.registry import list_models
+
+NAME = "report"
+HELP = "write one self-contained HTML report: card, curves, metrics, heatmaps, filters, quality"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Sections (stable ids): #model-card #training #metrics #gallery #filters #recurrent "
+        "#evaluation. Example: xaikit report --model shapes-multilabel --data "
+        "shapes-multilabel --out report.html --n 32"
+    )
+    add_model_argument(parser)
+    parser.add_argument(
+        "--data",
+        "-d",
+        metavar="D",
+        help="data set whose test split is shown (default: the one in the model card); loaded "
+        "with the model's training options (image size, sequence length)",
+    )
+    parser.add_argument(
+        "--out", "-o", required=True, metavar="FILE.html", help="the HTML file to write"
+    )
+    parser.add_argument(
+        "--n", type=int, default=24, help="test samples in the heatmap gallery (default: 24)"
+    )
+    parser.add_argument(
+        "--methods",
+        metavar="M1,M2",
+        help=f"heatmap methods, comma-separated (default: {','.join(DEFAULT_METHODS)}; "
+        f"for recurrent models {','.join(SEQUENCE_METHODS)})",
+    )
+    parser.add_argument(
+        "--layer", "-l", default="auto", help="explained layer of CAM methods (default: auto)"
+    )
+    parser.add_argument(
+        "--filter-layer",
+        metavar="L",
+        help="layer of the filter atlas (default: the first convolution)",
+    )
+    parser.add_argument(
+        "--eval-n",
+        type=int,
+        help="samples scored by the evaluation (default: --n; the slowest part of the report)",
+    )
+    parser.add_argument(
+        "--eval-steps", type=int, default=16, help="deletion/insertion increments (default: 16)"
+    )
+    parser.add_argument(
+        "--no-evaluate", action="store_true", help="skip the explanation-quality section"
+    )
+    parser.add_argument(
+        "--no-sanity", action="store_true", help="skip the randomization and contrast checks"
+    )
+    parser.add_argument(
+        "--atlas-channels", type=int, default=8, help="channels in the filter atlas (default 8)"
+    )
+    parser.add_argument(
+        "--atlas-steps",
+        type=int,
+        default=64,
+        help="activation-maximization steps per channel (default 64)",
+    )
+    parser.add_argument(
+        "--sequences",
+        type=int,
+        default=3,
+        help="sequences drawn with gates and temporal heatmaps (default 3)",
+    )
+    parser.add_argument(
+        "--data-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the data set loader, e.g. seed=3 (repeatable)",
+    )
+    parser.add_argument("--title", help="page title (default: 'xaikit report: <model>')")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _methods(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    methods = [part.strip() for part in text.split(",") if part.strip()]
+    if not methods:
+        raise XaikitConfigError("--methods is empty; give names like gradcam,saliency")
+    return methods
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """``["seed=3", "layout=signal"]`` -> ``{"seed": 3, "layout": "signal"}``."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise XaikitConfigError(f"--data-option takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise XaikitConfigError(f"--out must be an .html file, got {args.out!r}")
+    model: object = args.model
+    card = None
+    if args.model in list_models() and args.model not in list_shipped_models():
+        model, card = load_cli_model(args.model, device=args.device)
+    start = time.perf_counter()
+    path = build_report(
+        model,  # type: ignore[arg-type]
+        args.data,
+        out,
+        card=card,
+        n=args.n,
+        methods=_methods(args.methods),
+        layer=args.layer,
+        filter_layer=args.filter_layer,
+        seed=args.seed,
+        evaluate=not args.no_evaluate,
+        eval_n=args.eval_n,
+        eval_steps=args.eval_steps,
+        sanity=not args.no_sanity,
+        atlas_channels=args.atlas_channels,
+        atlas_steps=args.atlas_steps,
+        sequences=args.sequences,
+        data_options=_options(args.data_option),
+        title=args.title,
+        device=args.device,
+        quiet=True if args.quiet else None,
+    )
+    size = Path(path).stat().st_size
+    seconds = time.perf_counter() - start
+    print(f"wrote {path} ({size / 1e6:.2f} MB, {seconds:.0f} s); open it in any browser, offline")
+    return 0
