@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xaikit._version import __version__
-from xaikit.errors import CheckpointError
+from xaikit.errors import CheckpointError, XaikitConfigError
 from xaikit.explain.api import explain
 from xaikit.filters import exemplars, maximize, weights
 from xaikit.io import atomic_write_json, atomic_write_text
@@ -156,39 +157,40 @@ def _check_models(folder: Path) -> None:
         )
 
 
-def _captions(ctx: ReportContext, count: int, targets: torch.Tensor) -> list[str]:
+def _captions(ctx: ReportContext, count: int) -> list[str]:
     captions = []
     for i in range(count):
-        pred = int(targets[i])
-        p = float(ctx.probabilities[i, pred])
-        truth = ctx.class_names[int(ctx.targets[i])] if ctx.targets.dim() == 1 else "?"
-        captions.append(f"{truth} -> {ctx.class_names[pred]} {p:.2f}")
+        name, p = ctx.outcome(i)
+        truth = ctx.label_name(i) if ctx.targets.dim() == 1 else "?"
+        captions.append(f"{truth} -> {name} {p:.2f}")
     return captions
 
 
 def _method_grid(ctx: ReportContext, plan: DemoPlan, out: Path, result: DemoResult) -> None:
     count = min(plan.grid_images, ctx.inputs.shape[0])
     x = ctx.inputs[:count]
-    explained = explain(
-        ctx.model,
-        ctx.model_inputs(x),
-        method=list(plan.grid_methods),
-        class_names=ctx.class_names,
-        seed=ctx.settings.seed,
-        quiet=ctx.settings.is_quiet,
-        return_result=True,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explained = explain(
+            ctx.model,
+            ctx.model_inputs(x),
+            method=list(plan.grid_methods),
+            class_names=ctx.class_names,
+            seed=ctx.settings.seed,
+            quiet=ctx.settings.is_quiet,
+            return_result=True,
+        )
+    ctx.note(caught, "heatmap grid")
     first = next(iter(explained.values()))
-    targets = first.targets[:, 0].cpu()
     masks = None
-    if ctx.truth is not None and ctx.truth.dim() == 4:
-        masks = ctx.truth[torch.arange(count), targets]
+    if ctx.truth is not None and ctx.truth.dim() == 4 and ctx.targets.dim() == 1:
+        masks = ctx.truth[torch.arange(count), ctx.targets[:count]]
     fig = method_grid_figure(
         x,
         {name: res.heatmap.cpu() for name, res in explained.items()},
-        captions=_captions(ctx, count, targets),
+        captions=_captions(ctx, count),
         masks=masks,
-        title=f"{ctx.name}: heatmaps of the predicted class (white: ground-truth mask)",
+        title=f"{ctx.name}: heatmaps of the predicted class (white: the true shape's mask)",
     )
     path = save_figure(fig, out / "heatmaps" / f"{ctx.name}_methods.png")
     result.add("heatmaps, methods side by side", path)
@@ -234,12 +236,11 @@ def _temporal(ctx: ReportContext, out: Path, result: DemoResult) -> None:
     )
     result.add("temporal heatmaps", save_figure(fig, out / "heatmaps" / f"{ctx.name}_temporal.png"))
     method, values = next(iter(maps.items()))
-    pred = int(ctx.predicted[0])
     fig = signal_overlay(
         ctx.inputs[0],
         values[0],
         channels_first=False,
-        title=f"{ctx.name} sequence 0: {method}, predicted {ctx.class_names[pred]}",
+        title=f"{ctx.name} sequence 0: {method}, predicted {ctx.outcome(0)[0]}",
     )
     if markers is not None:
         fig.axes[0].axvline(int(markers[0]), color="tab:blue", linestyle="--", linewidth=1)
@@ -278,7 +279,10 @@ def _filters(ctx: ReportContext, plan: DemoPlan, out: Path, result: DemoResult) 
 
 def _evaluation(ctx: ReportContext, out: Path, result: DemoResult) -> None:
     folder = out / "evaluation"
-    report = run_evaluation(ctx)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = run_evaluation(ctx)
+    ctx.note(caught, "evaluation")
     payload = {
         "model": ctx.name,
         "data": ctx.data_name,
@@ -306,6 +310,7 @@ def run_demo(
     models_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    threads: int | None = None,
     quiet: bool | None = None,
 ) -> DemoResult:
     """Run the demo into ``out`` (see the module docstring for what it writes).
@@ -317,16 +322,40 @@ def run_demo(
             repository's ``models/``).
         seed: every random choice (maximization, baselines, stochastic methods).
         device: where the models run.
+        threads: torch intra-op threads for the run (restored afterwards); ``None`` keeps
+            the current setting. The reference models are small: one thread is fastest,
+            several mostly wait on each other (17x slower on a busy 2-core machine).
         quiet: hide progress bars (default ``$XAIKIT_QUIET``).
 
     Raises:
         CheckpointError: a reference model is missing (the message names it).
     """
+    previous = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise XaikitConfigError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(
+            Path(out), fast=fast, models_dir=models_dir, seed=seed, device=device, quiet=quiet
+        )
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_demo(
+    out: Path,
+    *,
+    fast: bool,
+    models_dir: str | os.PathLike[str] | None,
+    seed: int,
+    device: str | torch.device,
+    quiet: bool | None,
+) -> DemoResult:
     start = time.perf_counter()
     folder = Path(models_dir) if models_dir is not None else shipped_models_dir()
     _check_models(folder)
     plan = FAST if fast else FULL
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
     silent = quiet if quiet is not None else os.environ.get("XAIKIT_QUIET") == "1"

@@ -27,4 +27,3 @@ def model() -> torch.nn.Module:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-

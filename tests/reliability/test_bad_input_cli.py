@@ -80,7 +80,15 @@ def _bad_model(folder: Path, case: str) -> tuple[Path, str]:
     raise ValueError(case)  # pragma: no cover
 
 
-MODEL_CASES = ["missing", "empty", "text", "image", "truncated", "no-card", "weights-do-not-fit-card"]
+MODEL_CASES = [
+    "missing",
+    "empty",
+    "text",
+    "image",
+    "truncated",
+    "no-card",
+    "weights-do-not-fit-card",
+]
 
 
 def _command(name: str, model: str, tmp: Path) -> tuple[list[str], Path]:
@@ -93,6 +101,10 @@ def _command(name: str, model: str, tmp: Path) -> tuple[list[str], Path]:
         return ["explain", str(image), "--model", model, "--out", str(out), "-q"], out
     if name == "filters":
         return ["filters", "--model", model, "--mode", "weights", "--out", str(out), "-q"], out
+    if name == "report":
+        html = out / "report.html"
+        args = ["report", "--model", model, "--data", "shapes", "--n", "2", "--no-evaluate"]
+        return [*args, "--atlas-steps", "2", "--out", str(html), "-q"], out
     if name == "evaluate":
         json_out = out / "figures.json"
         args = ["evaluate", "--model", model, "--data", "shapes", "--n", "4", "--out"]
@@ -100,7 +112,7 @@ def _command(name: str, model: str, tmp: Path) -> tuple[list[str], Path]:
     raise ValueError(name)  # pragma: no cover
 
 
-COMMANDS = ["layers", "explain", "filters", "evaluate"]
+COMMANDS = ["layers", "explain", "filters", "evaluate", "report"]
 
 
 def test_every_command_is_covered():
@@ -108,7 +120,7 @@ def test_every_command_is_covered():
     from xaikit.cli import _commands
 
     names = {module.NAME for module in _commands()}
-    assert names <= {"zoo", "train", *COMMANDS, "report", "demo"}
+    assert names <= {"zoo", "train", "demo", *COMMANDS}
 
 
 @pytest.mark.parametrize("case", MODEL_CASES)
@@ -131,6 +143,27 @@ def test_bad_model_file_to_load_model_raises_checkpoint_error(tmp_path, case):
     with pytest.raises(xaikit.CheckpointError, match=reason) as info:
         xaikit.load_model(model_path)
     assert model_path.stem in str(info.value)
+
+
+DEMO_MODELS = ["shapes-multiclass", "shapes-multilabel", "recall-lstm"]
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "weights-do-not-fit-card"])
+def test_demo_with_bad_reference_models_exits_2_and_writes_nothing(tmp_path, capsys, case):
+    models = tmp_path / "models"
+    models.mkdir()
+    if case != "missing":
+        for name in DEMO_MODELS:
+            path, _reason = _bad_model(tmp_path / "made", case)
+            for suffix in (".safetensors", ".json"):
+                source = path.with_suffix(suffix)
+                if source.exists():
+                    (models / f"{name}{suffix}").write_bytes(source.read_bytes())
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--models-dir", str(models), "--fast", "-q"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "shapes-multiclass" in line
+    assert files_under(out) == []
 
 
 # -- bad image files through `xaikit explain` ---------------------------------------------
@@ -169,17 +202,13 @@ def test_folder_of_good_and_bad_files_processes_the_good_and_lists_the_bad(
     for path in bad:
         assert sum(str(path.resolve()) in line for line in lines) == 1
     results = json.loads((out / "results.json").read_text())
-    assert sorted(r["source"] for r in results["images"]) == sorted(
-        str(p.resolve()) for p in good
-    )
-    assert sorted(e["source"] for e in results["errors"]) == sorted(
-        str(p.resolve()) for p in bad
-    )
+    assert sorted(r["source"] for r in results["images"]) == sorted(str(p.resolve()) for p in good)
+    assert sorted(e["source"] for e in results["errors"]) == sorted(str(p.resolve()) for p in bad)
     for record in results["images"]:
         for entry in record["outputs"]["gradcam"]:
             heat = np.load(out / entry["map"])
             assert heat.shape == (16, 16) and np.isfinite(heat).all()
-            assert 0.0 <= heat.min() and heat.max() <= 1.0
+            assert heat.min() >= 0.0 and heat.max() <= 1.0
     written = files_under(out)
     assert not [name for name in written if name.endswith(".tmp")]
     assert not [name for name in written if "cut." in name or "bomb" in name or "text" in name]
@@ -202,9 +231,7 @@ def test_one_pixel_image_is_resized_by_the_loader_and_explained(tmp_path, capsys
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "P-transparent", "I;16", "1"])
-def test_grey_alpha_palette_and_16_bit_images_are_not_bad_input(
-    tmp_path, capsys, checkpoint, mode
-):
+def test_grey_alpha_palette_and_16_bit_images_are_not_bad_input(tmp_path, capsys, checkpoint, mode):
     image = write_mode_image(tmp_path / f"img_{mode.replace(';', '')}.png", mode)
     out = tmp_path / "out"
     args = ["explain", str(image), "--model", str(checkpoint), "--out", str(out), "-q"]
@@ -220,7 +247,23 @@ def test_grey_alpha_palette_and_16_bit_images_are_not_bad_input(
 # -- bad settings ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["explain", "filters", "evaluate"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "explain",
+        "filters",
+        "evaluate",
+        pytest.param(
+            "report",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: xaikit report turns a wrong --layer / --filter-layer into "
+                "'Not available' sections and exits 0 (xaikit/viz/report.py render_context "
+                "catches every XaikitError per section); settings should be checked first",
+            ),
+        ),
+    ],
+)
 def test_wrong_layer_name_lists_the_valid_names(tmp_path, capsys, command):
     torch.manual_seed(0)
     six = xaikit.create_model("simple_cnn", num_classes=6, widths=(4, 8), input_size=16)
@@ -277,7 +320,8 @@ def test_filters_channel_out_of_range(tmp_path, capsys, checkpoint):
 )
 def test_train_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, extra, reason):
     out = tmp_path / "run"
-    args = ["train", *extra, "--out", str(out), "-q"]
+    small = ["--data-option", "n=60", "--data-option", "size=16"]
+    args = ["train", *extra, *small, "--out", str(out), "-q"]
     if "--recipe" in extra:
         args[args.index("missing.toml")] = str(tmp_path / "missing.toml")
     assert main(args) == 2
@@ -326,9 +370,7 @@ def _run_measured(args: list[str], cwd: Path) -> tuple[int, str, str, int]:
 
 
 @pytest.mark.slow
-def test_process_refuses_a_decompression_bomb_in_a_folder_without_decoding_it(
-    tmp_path, checkpoint
-):
+def test_process_refuses_a_decompression_bomb_in_a_folder_without_decoding_it(tmp_path, checkpoint):
     """A 20000x20000 PNG header (1.2 GB if decoded) beside a good image: the good one is
     explained, the bomb refused from its header; the process never holds the pixels."""
     folder = tmp_path / "photos"
@@ -345,13 +387,3 @@ def test_process_refuses_a_decompression_bomb_in_a_folder_without_decoding_it(
     results = json.loads((out / "results.json").read_text())
     assert [r["source"] for r in results["images"]] == [str(good.resolve())]
     assert peak_mb < 1000, f"peak RSS {peak_mb} MB: the bomb was decoded"
-
-
-@pytest.mark.slow
-def test_process_bad_model_exits_2_with_one_line(tmp_path):
-    model_path, reason = _bad_model(tmp_path, "weights-do-not-fit-card")
-    code, stdout, stderr, _ = _run_measured(["layers", "--model", str(model_path)], tmp_path)
-    assert code == 2
-    line = _one_line(stderr)
-    assert model_path.stem in line and reason in line
-    assert stdout == ""

@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: the small reference models run fastest on one)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -47,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         models_dir=args.models_dir,
         seed=args.seed,
         device=args.device,
+        threads=args.threads,
         quiet=True if args.quiet else None,
     )
     print(result.summary())

@@ -73,7 +73,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         recipe = Recipe(data=args.data, model=args.model)
     recipe.data = args.data or recipe.data
     recipe.model = args.model or recipe.model
-    recipe.epochs = args.epochs or recipe.epochs
+    # `--epochs 0` must reach the check below, not fall back to the recipe's count.
+    recipe.epochs = args.epochs if args.epochs is not None else recipe.epochs
     recipe.data_options.update(_parse_options(args.data_option, "--data-option"))
     recipe.model_options.update(_parse_options(args.model_option, "--model-option"))
     if args.task:

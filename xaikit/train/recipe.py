@@ -35,6 +35,7 @@ from torch.utils.data import random_split
 
 from xaikit.errors import XaikitConfigError
 from xaikit.io import atomic_write_json
+from xaikit.train.state import commit_staged
 from xaikit.zoo.checkpoint import load_model, save_model
 from xaikit.zoo.registry import arch_info, create_model
 
@@ -181,6 +182,8 @@ def train_recipe(
         card=card,
     )
     last = out / "last.safetensors"
+    if resume:
+        commit_staged(out)  # finish a checkpoint whose commit a crash cut short
     if resume and not last.exists():
         raise XaikitConfigError(f"--resume: no checkpoint to resume from in {out}")
     trainer.fit(train, val, epochs=recipe.epochs, resume=out / "last" if resume else None)

@@ -11,6 +11,13 @@ A checkpoint ``<dir>/last`` is four files:
   tensor), plus the SHA-256 of ``last.safetensors`` so a state never pairs with other
   weights.
 
+The files of one epoch (``best`` when it improved, and ``last``) are first written into
+``<dir>/.staging/`` and then moved into place by :func:`commit_staged`, the staged
+``last.train.json`` last: it marks a complete set. A process killed while staging leaves the
+previous checkpoint untouched (the incomplete set is discarded); one killed while moving
+leaves a complete staged set that the next :func:`load_training_state` (a resume) finishes
+moving. So a crash at any point leaves a checkpoint that resumes.
+
 Loading reads JSON and safetensors only; nothing is unpickled.
 """
 
@@ -19,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -33,6 +42,9 @@ from xaikit.errors import CheckpointError
 from xaikit.io import atomic_path, atomic_write_json
 
 STATE_FORMAT = "xaikit-train-state/1"
+#: The folder, inside a checkpoint directory, where an epoch's files are written before they
+#: are moved into place together (see the module docstring).
+STAGING = ".staging"
 
 
 def model_file(stem: Path) -> Path:
@@ -57,6 +69,30 @@ def checkpoint_stem(path: str | Path) -> Path:
         if path.name.endswith(suffix):
             return path.with_name(path.name[: -len(suffix)])
     return path
+
+
+def staging_dir(directory: str | Path) -> Path:
+    """``<directory>/.staging``: where :class:`~xaikit.train.Trainer` writes an epoch's
+    checkpoint files before :func:`commit_staged` moves them into ``directory``."""
+    return Path(directory) / STAGING
+
+
+def commit_staged(directory: str | Path) -> None:
+    """Move a complete staged checkpoint into ``directory``; discard an incomplete one.
+
+    Complete means the staged ``last.train.json`` (written last) exists; it is moved last,
+    so a commit cut short is finished by calling this again. Does nothing without a staging
+    folder.
+    """
+    staging = staging_dir(directory)
+    if not staging.is_dir():
+        return
+    marker = state_files(staging / "last")[1]
+    if marker.is_file():
+        staged = [p for p in staging.iterdir() if p.is_file() and not p.name.startswith(".")]
+        for path in sorted(staged, key=lambda p: (p == marker, p.name)):
+            os.replace(path, Path(directory) / path.name)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def sha256(path: Path) -> str:
@@ -138,7 +174,11 @@ def save_training_state(stem: Path, state: dict[str, Any]) -> None:
 
 
 def load_training_state(stem: Path) -> dict[str, Any]:
-    """Read the state saved by :func:`save_training_state` and check it fits the model file."""
+    """Read the state saved by :func:`save_training_state` and check it fits the model file.
+
+    A checkpoint whose commit a crash cut short is completed first (:func:`commit_staged`).
+    """
+    commit_staged(stem.parent)
     tensor_path, json_path = state_files(stem)
     for path in (model_file(stem), tensor_path, json_path):
         if not path.is_file():

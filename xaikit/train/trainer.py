@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ from xaikit.train.optim import (
 )
 from xaikit.train.state import (
     checkpoint_stem,
+    commit_staged,
     defer_keyboard_interrupt,
     get_rng_state,
     load_training_state,
@@ -71,6 +73,7 @@ from xaikit.train.state import (
     private_global_rng,
     save_training_state,
     set_rng_state,
+    staging_dir,
 )
 from xaikit.zoo.checkpoint import load_weights, save_model
 from xaikit.zoo.heads import ClassifierHead, get_task
@@ -692,11 +695,16 @@ class Trainer:
             ),
             **self.card,
         }
+        # Staged, then moved into place: a crash between two files never leaves a `last`
+        # whose weights and training state disagree (see xaikit.train.state).
+        staging = staging_dir(self.checkpoint_dir)
         with defer_keyboard_interrupt():
+            shutil.rmtree(staging, ignore_errors=True)  # an incomplete set from a crash
             if improved:
-                save_model(self.model, self.checkpoint_dir / "best", **card)
-            save_model(self.model, self.checkpoint_dir / "last", **card)
-            save_training_state(self.checkpoint_dir / "last", self._training_state())
+                save_model(self.model, staging / "best", **card)
+            save_model(self.model, staging / "last", **card)
+            save_training_state(staging / "last", self._training_state())
+            commit_staged(self.checkpoint_dir)
 
     def _describe_data(self, data: TrainData) -> None:
         """Check the data set's task and classes against the head; note them for the card."""

@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xaikit._version import __version__
-from xaikit.data.normalization import normalize
+from xaikit.data.normalization import denormalize, normalize
 from xaikit.data.registry import dataset_info, load
 from xaikit.errors import XaikitConfigError, XaikitError
 from xaikit.explain.state import borrowed, has_recurrent, model_device
@@ -155,13 +155,16 @@ class ReportContext:
         data_name: the data set's name; ``data_options`` the options it was loaded with.
         kind: ``"image"`` ``(N, C, H, W)``, ``"signal"`` ``(N, C, L)`` or ``"sequence"``
             ``(N, T, F)``.
-        inputs: ``(N, ...)`` the gallery's test inputs, unnormalized, on the CPU.
+        inputs: ``(N, ...)`` the gallery's test inputs as raw values (``[0, 1]`` pixels),
+            on the CPU; :meth:`model_inputs` normalizes them for the model.
         targets: ``(N,)`` class indices or ``(N, K)`` 0/1 label vectors.
         truth: ground truth per input when the data has it: ``(N, K, H, W)`` masks for
             shapes, ``(N, T)`` marker steps for ``recall``; else ``None``.
         pool: ``(P, ...)`` test inputs (``P >= N``) searched for dataset exemplars.
         normalization: ``{"mean", "std"}`` the model expects, or ``None``.
         class_names: one name per model output.
+        labels: the names target indices refer to (the data set's classes; for a binary
+            model both outcomes, while ``class_names`` names its single output).
         task: ``"multiclass"``, ``"multilabel"`` or ``"binary"``.
         logits, probabilities: ``(N, outputs)`` on the CPU.
         settings: the :class:`ReportSettings`.
@@ -181,6 +184,7 @@ class ReportContext:
     pool: torch.Tensor
     normalization: dict[str, list[float]] | None
     class_names: list[str]
+    labels: list[str]
     task: str
     logits: torch.Tensor
     probabilities: torch.Tensor
@@ -204,6 +208,20 @@ class ReportContext:
         """``(N,)`` predicted class, or ``(N, K)`` bool predicted labels (multi-label)."""
         task = get_task(self.task)
         return task.predict(self.logits)
+
+    def outcome(self, index: int) -> tuple[str, float]:
+        """The predicted class of sample ``index`` and its probability (multi-class or
+        binary models)."""
+        pred = int(self.predicted.reshape(self.predicted.shape[0], -1)[index, 0])
+        if self.task == "binary":
+            positive = float(self.probabilities[index, 0])
+            return self.labels[pred], positive if pred == 1 else 1.0 - positive
+        return self.class_names[pred], float(self.probabilities[index, pred])
+
+    def label_name(self, index: int) -> str:
+        """The true class name of sample ``index`` (one label per sample)."""
+        cls = int(self.targets[index])
+        return self.labels[cls] if 0 <= cls < len(self.labels) else str(cls)
 
     def model_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalized inputs -> what the model takes, on its device."""
@@ -300,8 +318,15 @@ def dataset_options(
 
 
 def _stack(dataset: Any, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(inputs, targets, truth)`` of the first ``count`` items; inputs as raw values (data
+    sets hand out model-ready items: their own normalization is undone here, the model's is
+    applied by :meth:`ReportContext.model_inputs`)."""
     items = [dataset[i] for i in range(count)]
     inputs = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
+    applied = getattr(dataset, "normalization", None)
+    if applied:
+        dim = IMAGE_CHANNEL_DIM.get(getattr(dataset, "input_kind", "image"), -3)
+        inputs = denormalize(inputs, applied, channel_dim=dim)
     targets = torch.stack([torch.as_tensor(item[1]) for item in items])
     truth = None
     if getattr(dataset, "has_ground_truth", False) and len(items[0]) > 2:
@@ -373,11 +398,19 @@ def load_context(
         pool=pool,
         normalization=normalization,
         class_names=[],
+        labels=[],
         task=task,
         logits=torch.empty(0),
         probabilities=torch.empty(0),
         settings=settings,
     )
+    classes = list(getattr(dataset, "classes", []) or [])
+    declared = full_card.get("num_classes") or (full_card.get("config") or {}).get("num_classes")
+    if task != "binary" and classes and declared and int(declared) != len(classes):
+        raise XaikitConfigError(
+            f"model {name!r} has {declared} outputs but data set {data!r} has {len(classes)} "
+            "classes; report a model on the data it was trained for"
+        )
     try:
         ctx.logits = _logits(net, ctx.model_inputs(ctx.inputs))
     except RuntimeError as err:
@@ -386,18 +419,20 @@ def load_context(
             f"{str(err).splitlines()[0]}"
         ) from None
     outputs = ctx.logits.shape[1]
-    classes = list(getattr(dataset, "classes", []) or [])
     names = full_card.get("class_names") or classes
     if task != "binary" and classes and len(classes) != outputs:
         raise XaikitConfigError(
             f"model {name!r} has {outputs} outputs but data set {data!r} has {len(classes)} "
             "classes; report a model on the data it was trained for"
         )
-    ctx.class_names = [str(c) for c in names] if len(names) == outputs else []
-    if not ctx.class_names:
-        ctx.class_names = (
-            ["positive"] if task == "binary" else [f"class {k}" for k in range(outputs)]
-        )
+    if task == "binary":
+        pair = [str(c) for c in (classes if len(classes) == 2 else names)]
+        ctx.labels = pair if len(pair) == 2 else ["negative", "positive"]
+        ctx.class_names = [ctx.labels[1]]
+    else:
+        ctx.class_names = [str(c) for c in names] if len(names) == outputs else []
+        ctx.class_names = ctx.class_names or [f"class {k}" for k in range(outputs)]
+        ctx.labels = [str(c) for c in classes] or ctx.class_names
     ctx.probabilities = get_task(task).probabilities(ctx.logits)
     return ctx
 

@@ -33,6 +33,7 @@ from xaikit.viz.report_figures import (
     SCORE_METRICS,
     cascade_figure,
     evaluation_figure,
+    signal_atlas_figure,
 )
 from xaikit.viz.report_gallery import marker_steps, temporal_maps
 
@@ -95,7 +96,11 @@ def filters_section(ctx: ReportContext) -> Section:
         f"{escape(', '.join(map(str, found.channels)))} (exemplars searched in "
         f"{ctx.pool.shape[0]} test inputs).</p>"
     )
-    parts.append(found.html())
+    if ctx.kind == "signal":
+        png = figure_png(signal_atlas_figure(found), dpi=72, max_width=1000)
+        parts.append(f"<figure>{img(png, 'signal atlas', css_class='zoomable')}</figure>")
+    else:
+        parts.append(found.html())
     return Section("filters", "Filters", "\n".join(parts))
 
 
@@ -142,7 +147,7 @@ def recurrent_section(ctx: ReportContext) -> Section:
         + ".</p>"
     )
     for i in range(count):
-        pred = int(ctx.predicted[i])
+        pred_name = ctx.outcome(i)[0]
         figures = []
         for method, values in maps.items():
             fig = signal_overlay(
@@ -151,7 +156,7 @@ def recurrent_section(ctx: ReportContext) -> Section:
                 channels_first=False,
                 colorbar=False,
                 figsize=(6.0, 1.8),
-                title=f"sequence {i} · {method} · predicted {ctx.class_names[pred]}",
+                title=f"sequence {i} · {method} · predicted {pred_name}",
             )
             if markers is not None:
                 fig.axes[0].axvline(int(markers[i]), color="tab:blue", linestyle="--", linewidth=1)
@@ -169,6 +174,11 @@ def run_evaluation(ctx: ReportContext) -> EvaluationReport:
         n = min(ctx.settings.eval_n or ctx.settings.n, ctx.inputs.shape[0])
         masks = ctx.truth[:n] if ctx.truth is not None and ctx.truth.dim() == 4 else None
         labels = ctx.targets[:n] if ctx.targets.dim() == 1 and ctx.task == "multiclass" else None
+        # The class-contrast check compares maps of different outputs: a one-output (binary)
+        # head has none to compare, so its sanity checks are skipped.
+        sanity = ctx.settings.sanity and ctx.logits.shape[1] > 1
+        if ctx.settings.sanity and not sanity:
+            ctx.notes.append("evaluation: sanity checks skipped (the model has one output)")
         ctx.cache["evaluation"] = evaluate_methods(
             ctx.model,
             ctx.inputs[:n].to(ctx.device),
@@ -176,7 +186,7 @@ def run_evaluation(ctx: ReportContext) -> EvaluationReport:
             labels=labels,
             masks=masks,
             steps=ctx.settings.eval_steps,
-            sanity=ctx.settings.sanity,
+            sanity=sanity,
             layer=ctx.settings.layer,
             seed=ctx.settings.seed,
             normalization=ctx.normalization,
@@ -305,7 +315,8 @@ def _image_evaluation(ctx: ReportContext) -> str:
     report = run_evaluation(ctx)
     settings = report.settings
     parts = [
-        f"<p>{settings['n']} test images, explaining the predicted class; deletion / insertion "
+        f"<p>{settings['n']} test {'images' if ctx.kind == 'image' else 'signals'}, explaining "
+        "the predicted class; deletion / insertion "
         f"in {settings['steps']} steps (deleted pixels become "
         f"{escape(settings['deletion_baseline'])}, insertion starts from "
         f"{escape(settings['insertion_start'])}), CAM layer "

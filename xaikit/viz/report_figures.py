@@ -4,6 +4,7 @@
   :func:`method_grid_figure` (rows: images, columns: methods) and :func:`label_grid_figure`
   (rows: images, columns: the labels explained for each) build on it;
 * :func:`temporal_matrix_figure` - per method one (sequence x time) heatmap;
+* :func:`signal_atlas_figure` - the filter atlas of a 1-D layer as curves;
 * :func:`evaluation_figure` / :func:`cascade_figure` - an
   :class:`~xaikit.evaluate.EvaluationReport` as bar charts (direction arrows, baselines in
   grey) and as the randomization cascade.
@@ -23,6 +24,7 @@ from matplotlib.figure import Figure
 
 from xaikit.errors import XaikitConfigError
 from xaikit.evaluate import METRICS, EvaluationReport
+from xaikit.filters import Atlas
 from xaikit.filters._plot import new_figure
 from xaikit.viz.overlay import overlay, to_display_image
 
@@ -252,4 +254,37 @@ def cascade_figure(report: EvaluationReport) -> Figure | None:
     ax.set_ylim(-1.05, 1.05)
     ax.set_title("cascading randomization (layers re-initialized, head first)", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def signal_atlas_figure(found: Atlas) -> Figure:
+    """An :class:`~xaikit.filters.Atlas` of a 1-D (signal) layer drawn as curves: per channel,
+    the maximizing signal, then its top exemplars cropped to the receptive field (each input
+    channel one line), titled with the data set index and activation."""
+    images = found.maximization.images.detach().float().cpu()  # (C, C_in, L)
+    crops = found.exemplars.crops
+    if images.dim() != 3 or crops is None or crops.dim() != 4:
+        raise XaikitConfigError("signal_atlas_figure draws the atlas of a 1-D layer")
+    crops = crops.detach().float().cpu()  # (C, k, C_in, w)
+    count, k = crops.shape[:2]
+    fig = new_figure(1.7 * (k + 1) + 0.4, 1.15 * count + 0.7)
+    axes = fig.subplots(count, k + 1, squeeze=False)
+    for row, channel in enumerate(found.channels):
+        curves = [(images[row], f"c{channel} max {float(found.maximization.score[row]):.2g}")]
+        curves += [
+            (crops[row, j], f"#{int(i)}: {float(v):.2g}")
+            for j, (i, v) in enumerate(
+                zip(found.exemplars.indices[row], found.exemplars.values[row])
+            )
+        ]
+        for ax, (values, text) in zip(axes[row], curves):
+            for line in values:
+                ax.plot(line.numpy(), linewidth=1)
+            ax.set_title(text, fontsize=7)
+            ax.set_xticks([])
+            ax.tick_params(labelsize=5)
+    fig.suptitle(
+        f"{found.layer}: maximizing signal | top {k} exemplars (receptive-field crops)",
+        fontsize=9,
+    )
     return fig

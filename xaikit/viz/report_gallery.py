@@ -130,12 +130,14 @@ def image_explanations(ctx: ReportContext) -> dict[str, Any]:
 
 
 def _overlay_cell(
-    ctx: ReportContext, results: dict[str, Any], method: str, index: int, k: int
+    ctx: ReportContext, results: dict[str, Any], method: str, index: int, k: int, mask_class: int
 ) -> _Cell:
+    """The overlay of target ``k`` of sample ``index``, with the contour of ``mask_class``'s
+    ground-truth mask (the object for multi-class data, the explained label otherwise)."""
     res = results[method]
     cls = int(res.targets[index, k])
     heat = res.maps[index, k].detach().float().cpu()
-    mask = _mask_for(ctx, index, cls)
+    mask = _mask_for(ctx, index, mask_class)
     rgb = overlay(ctx.inputs[index], heat, mask=None if mask is None else mask.numpy())
     name = ctx.class_names[cls] if 0 <= cls < len(ctx.class_names) else str(cls)
     tip = f"{method} · {name} · score {float(res.scores[index, k]):.3g}"
@@ -146,15 +148,10 @@ def _overlay_cell(
 def _truth_text(ctx: ReportContext, index: int) -> str:
     if ctx.targets.dim() != 1:
         return ""
-    true_cls = int(ctx.targets[index])
-    pred = int(ctx.predicted[index])
-    p = float(ctx.probabilities[index, pred])
-    ok = pred == true_cls
-    true_name = ctx.class_names[true_cls] if true_cls < len(ctx.class_names) else str(true_cls)
-    mark = '<span class="ok">✓</span>' if ok else '<span class="bad">✗</span>'
-    return (
-        f"true <b>{escape(true_name)}</b><br>pred {escape(ctx.class_names[pred])} ({p:.2f}) {mark}"
-    )
+    true_name = ctx.label_name(index)
+    pred_name, p = ctx.outcome(index)
+    mark = '<span class="ok">✓</span>' if pred_name == true_name else '<span class="bad">✗</span>'
+    return f"true <b>{escape(true_name)}</b><br>pred {escape(pred_name)} ({p:.2f}) {mark}"
 
 
 # A gallery row: (markup before the cells, cells, markup between them) - cells are encoded
@@ -166,11 +163,12 @@ def _multiclass_rows(ctx: ReportContext, results: dict[str, Any]) -> list[Row]:
     first = next(iter(results.values()))
     rows: list[Row] = []
     for i in range(first.maps.shape[0]):
-        cls = int(first.targets[i, 0])
+        # The object's own mask: the true class where labels are known, else the explained.
+        cls = int(ctx.targets[i]) if ctx.targets.dim() == 1 else int(first.targets[i, 0])
         row: Row = [f"<td>#{i}</td>", "<td>", _input_cell(ctx, i, [cls]), "<br>"]
         row += [_truth_text(ctx, i), "</td>"]
         for method in ctx.methods:
-            row += ["<td>", _overlay_cell(ctx, results, method, i, 0), "</td>"]
+            row += ["<td>", _overlay_cell(ctx, results, method, i, 0, cls), "</td>"]
         rows.append(row)
     return rows
 
@@ -206,7 +204,8 @@ def _multilabel_rows(ctx: ReportContext, results: dict[str, Any]) -> list[Row]:
                 ]
             row.append(f"<td>{_label_text(ctx, i, classes[j])}</td>")
             for method in ctx.methods:
-                row += ["<td>", _overlay_cell(ctx, results, method, i, k), "</td>"]
+                cell = _overlay_cell(ctx, results, method, i, k, classes[j])
+                row += ["<td>", cell, "</td>"]
             rows.append(row)
     return rows
 
@@ -231,7 +230,12 @@ def _image_gallery(ctx: ReportContext) -> str:
         else ""
     )
     layer = first.layer or "input"
-    contour = "" if ctx.truth is None else " The white contour is the ground-truth mask."
+    contour = (
+        ""
+        if ctx.truth is None
+        else " White contour: the ground-truth mask of the "
+        + ("explained label." if multilabel else "true class.")
+    )
     target = (
         f"one row per label the model predicts or the sample carries (at most {MAX_LABELS})"
         if multilabel

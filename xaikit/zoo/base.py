@@ -46,7 +46,10 @@ class ZooModel(nn.Module):
         if channels != self.in_channels:
             raise XaikitConfigError(
                 f"{type(self).__name__} was built for {self.in_channels} input channels; got "
-                f"{channels} (input shape {tuple(x.shape)})"
+                f"{channels} (input shape {tuple(x.shape)}); convert the inputs to "
+                f"{self.in_channels} channel(s) (xaikit.data.load_image(path, "
+                f"channels={self.in_channels}) does it for image files) or build the model "
+                f"with in_channels={channels}"
             )
         spatial = x.shape[2:] if self.channel_axis == 0 else ()
         if any(s < self.min_size for s in spatial):

@@ -248,6 +248,11 @@ def load_model(
             "the file was changed or belongs to another card"
         )
     config = dict(card["config"])
+    if str(card["architecture"]).startswith(TORCHVISION_PREFIX):
+        # The weights are the safetensors file's. A card's `weights="DEFAULT"` (recorded for
+        # a fine-tuned pretrained model) would make torchvision download, or torch.load with
+        # weights_only=False from its cache, a pickle: never rebuild with pretrained weights.
+        config.pop("weights", None)
     try:
         model = create_model(card["architecture"], **config)
     except CheckpointError:
