@@ -113,7 +113,7 @@ def test_inputs_the_model_cannot_take_name_what_it_needs(recorded, images, match
 
 def test_a_cuda_model_takes_inputs_from_the_cpu(model, images):
     """Documented: inputs are moved to the model's device. Without CUDA this runs the same
-    check between the CPU and the ``meta`` device in the xfail test below."""
+    check between the CPU and the ``meta`` device in the test below."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     expected = xaikit.explain(model, images)
@@ -122,24 +122,11 @@ def test_a_cuda_model_takes_inputs_from_the_cpu(model, images):
     torch.testing.assert_close(on_gpu.cpu(), expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: inputs that cannot be moved to the model's device (here the meta device) "
-    "escape as NotImplementedError('Cannot copy out of meta tensor') from "
-    "xaikit/explain/adapter.py prepare_inputs().move(); expected XaikitConfigError naming both "
-    "devices",
-)
 def test_inputs_on_a_device_without_data_are_refused_naming_the_devices(recorded, images):
     message = _refused(recorded, images.to("meta"), "meta", method="gradcam")
     assert "cpu" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a model whose parameters are on the meta device (built empty, weights not "
-    "loaded) escapes as RuntimeError('Tensor.item() cannot be called on meta tensors'); "
-    "expected XaikitConfigError saying to load its weights first",
-)
 def test_a_model_without_data_is_refused_naming_the_fix(model, images):
     with pytest.raises(xaikit.XaikitConfigError, match="meta"):
         xaikit.explain(model.to("meta"), images)

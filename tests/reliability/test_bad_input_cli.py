@@ -247,23 +247,7 @@ def test_grey_alpha_palette_and_16_bit_images_are_not_bad_input(tmp_path, capsys
 # -- bad settings ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        "explain",
-        "filters",
-        "evaluate",
-        pytest.param(
-            "report",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bug: xaikit report turns a wrong --layer / --filter-layer into "
-                "'Not available' sections and exits 0 (xaikit/viz/report.py render_context "
-                "catches every XaikitError per section); settings should be checked first",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("command", ["explain", "filters", "evaluate", "report"])
 def test_wrong_layer_name_lists_the_valid_names(tmp_path, capsys, command):
     torch.manual_seed(0)
     six = xaikit.create_model("simple_cnn", num_classes=6, widths=(4, 8), input_size=16)

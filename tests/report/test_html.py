@@ -13,7 +13,7 @@ from PIL import Image
 
 from xaikit.errors import XaikitConfigError
 from xaikit.viz.html import Section, badge, data_uri, encode_png, img, page, table
-from xaikit.viz.report_gallery import MIN_CELL_PX, _Cell, cell_side
+from xaikit.viz.report_gallery import MIN_CELL_PX, GalleryCell, cell_side
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -56,7 +56,7 @@ def test_img_inlines_png_and_escapes_text():
 
 
 def test_cell_side_shrinks_cells_until_the_estimate_fits():
-    cells = [_Cell(_noise(64, 64, seed), f"cell {seed}") for seed in range(40)]
+    cells = [GalleryCell(_noise(64, 64, seed), f"cell {seed}") for seed in range(40)]
     assert cell_side(cells, 96, budget=10**9) == 64  # never upscales
     side = cell_side(cells, 96, budget=100_000)
     assert MIN_CELL_PX <= side < 64

@@ -52,10 +52,13 @@ def test_report_command_writes_the_page(tiny_models, tmp_path, capsys):
         (["--model", "MODEL", "--out", "r.html", "--n", "0"], "at least 1"),
         (["--model", "MODEL", "--out", "r.html", "--methods", ","], "--methods is empty"),
         (["--model", "MODEL", "--data", "nope", "--out", "r.html"], "unknown data set 'nope'"),
+        (["--model", "MODEL", "--out", "r.html", "--methods", "gradcm"], "unknown method(s)"),
+        (["--model", "LSTM", "--out", "r.html", "--methods", "gradcam"], "temporal method(s)"),
     ],
 )
 def test_bad_input_is_exit_code_2_with_one_line(tiny_models, tmp_path, capsys, argv, message):
-    argv = [str(tiny_models / "shapes-multiclass") if a == "MODEL" else a for a in argv]
+    names = {"MODEL": "shapes-multiclass", "LSTM": "recall-lstm"}
+    argv = [str(tiny_models / names[a]) if a in names else a for a in argv]
     argv = [str(tmp_path / a) if a.startswith("r.") else a for a in argv]
     assert main(["report", *argv]) == 2
     err = capsys.readouterr().err
@@ -70,3 +73,13 @@ def test_help_explains_the_sections(capsys):
     text = capsys.readouterr().out
     for needle in ("--model", "--data", "--out", "--methods", "--layer", "#gallery"):
         assert needle in text
+
+
+@pytest.mark.parametrize("flag", ["--layer", "--filter-layer"])
+def test_a_wrong_layer_fails_before_any_section(tiny_models, tmp_path, capsys, flag):
+    out = tmp_path / "r.html"
+    model = str(tiny_models / "shapes-multiclass")
+    assert main(["report", "--model", model, "--out", str(out), flag, "features.nope"]) == 2
+    err = capsys.readouterr().err
+    assert "'features.nope'" in err and "features.block3" in err and "xaikit layers" in err
+    assert not out.exists()

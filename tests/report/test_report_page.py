@@ -302,3 +302,11 @@ def test_binary_model_on_an_image_folder(tmp_path):
     for (_, pred, p), pos in zip(shown, positive.tolist()):
         expected = ("dog", pos) if pos >= 0.5 else ("cat", 1 - pos)
         assert (pred, float(p)) == (expected[0], pytest.approx(expected[1], abs=0.006))
+
+
+def test_same_inputs_give_the_same_page(tiny_models):
+    """Seeded throughout and no wall-clock stamp in the page: a report can be diffed."""
+    settings = {**SMALL, "n": 3, "eval_n": 3}
+    first = build_report(str(tiny_models / "shapes-multiclass"), None, None, **settings)
+    second = build_report(str(tiny_models / "shapes-multiclass"), None, None, **settings)
+    assert first == second

@@ -195,8 +195,14 @@ class PreparedInputs:
         return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
 
 
-def prepare_inputs(inputs: Any, attribute_to: InputKey, device: torch.device) -> PreparedInputs:
-    """Move tensor inputs to ``device`` and find the explained one.
+def prepare_inputs(
+    inputs: Any,
+    attribute_to: InputKey,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+) -> PreparedInputs:
+    """Move tensor inputs to ``device`` (floating ones to the model's ``dtype``) and find the
+    explained one.
 
     Args:
         inputs: a tensor ``(N, C, *S)``; a tuple/list of positional inputs; or a dict of
@@ -207,9 +213,16 @@ def prepare_inputs(inputs: Any, attribute_to: InputKey, device: torch.device) ->
 
     def move(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
+            if value.device.type == "meta":
+                raise XaikitConfigError(
+                    f"the inputs are on the meta device (shapes without data); the model is "
+                    f"on {device}: give inputs that hold values"
+                )
             if value.is_inference():
                 value = value.clone()  # inference tensors cannot enter autograd
-            return value.detach().to(device)
+            # A float16 or float64 image for a float32 model would fail inside its forward.
+            cast = dtype if dtype is not None and value.is_floating_point() else None
+            return value.detach().to(device=device, dtype=cast)
         return value
 
     if isinstance(inputs, torch.Tensor):
@@ -281,7 +294,16 @@ class ModelAdapter:
             raise XaikitConfigError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
         self.model = unwrap(model)
         self.device = model_device(self.model)
-        self.inputs = prepare_inputs(inputs, attribute_to, self.device)
+        if self.device.type == "meta":
+            raise XaikitConfigError(
+                "the model's parameters are on the meta device (built empty); load its weights "
+                "first, e.g. model.to_empty(device='cpu') then load_state_dict(...)"
+            )
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), None)
+        self.inputs = prepare_inputs(inputs, attribute_to, self.device, dtype)
+        attributed = self.inputs.attributed
+        if isinstance(attributed, torch.Tensor) and attributed.dim() > 0 and not len(attributed):
+            raise XaikitConfigError("inputs must not be empty: the batch has 0 items")
         self.output = output
         self.score = score
         self.task: Task = get_task(self.model)

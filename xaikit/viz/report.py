@@ -45,7 +45,10 @@ from xaikit._version import __version__
 from xaikit.data.normalization import denormalize, normalize
 from xaikit.data.registry import dataset_info, load
 from xaikit.errors import XaikitConfigError, XaikitError
+from xaikit.explain.engine import check_methods
+from xaikit.explain.layers import resolve_layer
 from xaikit.explain.state import borrowed, has_recurrent, model_device
+from xaikit.explain.temporal import TEMPORAL_METHODS
 from xaikit.io import atomic_write_text
 from xaikit.viz.html import (
     Section,
@@ -346,6 +349,27 @@ def _logits(model: nn.Module, x: torch.Tensor, batch: int = 128) -> torch.Tensor
     return out.detach().float().cpu()
 
 
+def _check_settings(ctx: ReportContext) -> None:
+    """Fail before any section runs when a method or a layer setting is wrong (a typo would
+    otherwise leave the gallery, filters and evaluation sections empty)."""
+    if ctx.kind == "sequence":
+        unknown = [m for m in ctx.methods if m not in TEMPORAL_METHODS]
+        if unknown:
+            raise XaikitConfigError(
+                f"unknown temporal method(s) {', '.join(map(repr, unknown))} for a recurrent "
+                f"model; choose from {', '.join(TEMPORAL_METHODS)}"
+            )
+    else:
+        check_methods(list(ctx.methods))
+    example = ctx.model_inputs(ctx.inputs[:1])
+    chosen = [ctx.settings.filter_layer]
+    if ctx.kind != "sequence" and ctx.settings.layer != "auto":
+        chosen.append(ctx.settings.layer)
+    for layer in chosen:
+        if layer is not None:
+            resolve_layer(ctx.model, layer, example)
+
+
 def load_context(
     model: str | os.PathLike[str] | nn.Module,
     data: str | None = None,
@@ -360,7 +384,8 @@ def load_context(
 
     ``data`` defaults to the data set named in the model card. Raises
     :class:`~xaikit.errors.XaikitConfigError` when the model and the data do not fit
-    (different class counts, shapes).
+    (different class counts, shapes), a method is unknown, or ``layer`` / ``filter_layer``
+    names no layer.
     """
     settings = settings or ReportSettings()
     settings.check()
@@ -418,6 +443,7 @@ def load_context(
             f"model {name!r} cannot run on data set {data!r} (inputs {tuple(pool.shape[1:])}): "
             f"{str(err).splitlines()[0]}"
         ) from None
+    _check_settings(ctx)
     outputs = ctx.logits.shape[1]
     names = full_card.get("class_names") or classes
     if task != "binary" and classes and len(classes) != outputs:

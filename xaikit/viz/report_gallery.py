@@ -1,9 +1,11 @@
 """The report's heatmap gallery: several methods side by side for every test sample.
 
 * images: one row per sample (input, truth and prediction, one overlay per method, the
-  ground-truth mask of the explained class drawn as a contour); a multi-label model gets one
-  row per label - every label it predicts or the sample carries - with the label's name,
-  probability and whether it is true / predicted;
+  true class's ground-truth mask drawn as a contour); a multi-label model gets one row per
+  label - every label it predicts or the sample carries, at most :data:`MAX_LABELS` - with
+  the label's name, probability, whether it is true / predicted, and that label's mask;
+* every image of the gallery is encoded at one size, chosen by :func:`cell_side` so that the
+  gallery fits its byte budget (100 samples stay under 5 MB);
 * signals (1-D CNNs): the trace with each method's attribution as a colour band;
 * sequences (recurrent models): per method one (sample x time) heatmap, the marker steps of
   the ``recall`` task drawn over it.
@@ -38,7 +40,7 @@ CELL_MARKUP = 200  # bytes of HTML around each gallery image
 
 
 @dataclass
-class _Cell:
+class GalleryCell:
     """One gallery image before encoding: ``rgb`` ``(H, W, 3)`` uint8 and its markup."""
 
     rgb: np.ndarray
@@ -52,7 +54,7 @@ class _Cell:
         return image + self.after
 
 
-def cell_side(cells: list[_Cell], cell_px: int, budget: int) -> int:
+def cell_side(cells: list[GalleryCell], cell_px: int, budget: int) -> int:
     """The longest side the cells are encoded at: their own size up to ``cell_px``, shrunk
     until the estimated page bytes of all cells (base64 and markup included) fit ``budget``.
 
@@ -81,13 +83,14 @@ def _mask_for(ctx: ReportContext, index: int, cls: int) -> torch.Tensor | None:
     return mask if bool(mask.any()) else None
 
 
-def _input_cell(ctx: ReportContext, index: int, classes: list[int], after: str = "") -> _Cell:
+def _input_cell(ctx: ReportContext, index: int, classes: list[int]) -> GalleryCell:
+    """The input as displayed, with the contours of ``classes``' ground-truth masks."""
     rgb = (to_display_image(ctx.inputs[index]) * 255).round().astype(np.uint8)
     for cls in classes:
         mask = _mask_for(ctx, index, cls)
         if mask is not None:
             rgb[mask_contour(mask.numpy())] = CONTOUR_COLOR
-    return _Cell(rgb, f"input {index}", after=after)
+    return GalleryCell(rgb, f"input {index}")
 
 
 def _image_targets(ctx: ReportContext) -> Any:
@@ -131,7 +134,7 @@ def image_explanations(ctx: ReportContext) -> dict[str, Any]:
 
 def _overlay_cell(
     ctx: ReportContext, results: dict[str, Any], method: str, index: int, k: int, mask_class: int
-) -> _Cell:
+) -> GalleryCell:
     """The overlay of target ``k`` of sample ``index``, with the contour of ``mask_class``'s
     ground-truth mask (the object for multi-class data, the explained label otherwise)."""
     res = results[method]
@@ -142,7 +145,7 @@ def _overlay_cell(
     name = ctx.class_names[cls] if 0 <= cls < len(ctx.class_names) else str(cls)
     tip = f"{method} · {name} · score {float(res.scores[index, k]):.3g}"
     after = '<br><span class="bad">constant map</span>' if bool(res.degenerate[index, k]) else ""
-    return _Cell(rgb, f"{method} {index} {name}", title=tip, after=after)
+    return GalleryCell(rgb, f"{method} {index} {name}", title=tip, after=after)
 
 
 def _truth_text(ctx: ReportContext, index: int) -> str:
@@ -154,9 +157,9 @@ def _truth_text(ctx: ReportContext, index: int) -> str:
     return f"true <b>{escape(true_name)}</b><br>pred {escape(pred_name)} ({p:.2f}) {mark}"
 
 
-# A gallery row: (markup before the cells, cells, markup between them) - cells are encoded
-# last, once the budget has fixed their size.
-Row = list[str | _Cell]
+# A gallery row: markup strings and cells in page order; the cells are encoded last, once
+# the byte budget has fixed their size.
+Row = list[str | GalleryCell]
 
 
 def _multiclass_rows(ctx: ReportContext, results: dict[str, Any]) -> list[Row]:
@@ -217,10 +220,10 @@ def _image_gallery(ctx: ReportContext) -> str:
     header = ["#", "input", *(["label"] if multilabel else []), *ctx.methods]
     head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
     rows = _multilabel_rows(ctx, results) if multilabel else _multiclass_rows(ctx, results)
-    cells = [part for row in rows for part in row if isinstance(part, _Cell)]
+    cells = [part for row in rows for part in row if isinstance(part, GalleryCell)]
     side = cell_side(cells, ctx.settings.cell_px, ctx.settings.gallery_budget)
     body = [
-        "<tr>" + "".join(p.html(side) if isinstance(p, _Cell) else p for p in row) + "</tr>"
+        "<tr>" + "".join(p.html(side) if isinstance(p, GalleryCell) else p for p in row) + "</tr>"
         for row in rows
     ]
     native = max(ctx.inputs.shape[-2:])
