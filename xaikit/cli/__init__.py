@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -39,11 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _commands() -> list[ModuleType]:
-    return [
-        importlib.import_module(f"xaikit.cli.{name}")
-        for name in COMMAND_MODULES
-        if importlib.util.find_spec(f"xaikit.cli.{name}") is not None
-    ]
+    return [importlib.import_module(f"xaikit.cli.{name}") for name in COMMAND_MODULES]
 
 
 def build_parser() -> argparse.ArgumentParser:
