@@ -11,7 +11,7 @@ NAME = "zoo"
 HELP = "list the architectures and the shipped reference models"
 
 # The metric a card's headline shows, in order of preference.
-HEADLINE_METRICS = ("test_accuracy", "test_mAP", "test_micro_f1", "accuracy", "mAP")
+HEADLINE_METRICS = ("test_accuracy", "test_map", "test_f1_micro", "accuracy", "map")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
