@@ -20,7 +20,6 @@ simple function:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from torch import nn
 
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.state import model_device
+from xaikit.warn import warn_user
 from xaikit.zoo.heads import ClassifierHead, Task, get_task
 
 OutputSelector = int | str | Callable[[Any], torch.Tensor] | None
@@ -353,11 +353,10 @@ class ModelAdapter:
             if self.score == "prob"
             else "its outputs are probabilities, whose gradients vanish for confident predictions"
         )
-        warnings.warn(
+        warn_user(
             f"the model ends in nn.{last}: {advice}; explain the logits instead (remove the "
             f"final nn.{last}, or select the logits with output=)",
             ExplainWarning,
-            stacklevel=4,
         )
 
     def trace_forward(self) -> Callable[[torch.Tensor], Any]:

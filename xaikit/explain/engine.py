@@ -16,7 +16,6 @@ backpropagation times the upsampled Grad-CAM of the same call.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from xaikit.explain.result import Explanation
 from xaikit.explain.scorecam import DEFAULT_BATCH_SIZE, FILL_RULES, score_cam
 from xaikit.explain.state import borrowed
 from xaikit.explain.targets import resolve_targets
+from xaikit.warn import warn_user
 
 SCORE_CAM_METHODS = ("scorecam", "scorecam-fast")
 GRADIENT_NAMES = (
@@ -275,11 +275,10 @@ def _run(
     selected = adapter.scores(logits).gather(1, index)  # (N, K), holds the head's graph
     logits = logits.detach()
     if targets.k == 0:
-        warnings.warn(
+        warn_user(
             "no targets to explain (e.g. target='positive' and the model predicts no label "
             "for any input); the maps have K = 0",
             ExplainWarning,
-            stacklevel=4,
         )
 
     raws: dict[str, torch.Tensor] = {}
@@ -412,10 +411,9 @@ def _warn_degenerate(results: Mapping[str, Explanation], layer: str | None) -> N
             total = int(result.valid.sum())
             parts.append(f"{name}: {count} of {total}")
     where = f" at layer {layer!r}" if layer else ""
-    warnings.warn(
+    warn_user(
         f"constant heatmaps ({'; '.join(parts)}) were returned as zeros and flagged in "
         f"Explanation.degenerate (e.g. a CAM with no positive evidence{where}: try another "
         "layer or target)",
         ExplainWarning,
-        stacklevel=5,
     )
