@@ -310,3 +310,12 @@ def test_same_inputs_give_the_same_page(tiny_models):
     first = build_report(str(tiny_models / "shapes-multiclass"), None, None, **settings)
     second = build_report(str(tiny_models / "shapes-multiclass"), None, None, **settings)
     assert first == second
+
+
+def test_atlas_defaults_to_the_block_around_the_first_convolution():
+    from xaikit.viz.report_analysis import default_atlas_layer
+
+    zoo = xaikit.create_model("simple_cnn", widths=(4, 8), input_size=16)
+    assert default_atlas_layer(zoo) == "features.block1"
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    assert default_atlas_layer(plain) == "0"

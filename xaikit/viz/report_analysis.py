@@ -20,12 +20,14 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from xaikit.errors import XaikitConfigError
 from xaikit.evaluate import METRICS, EvaluationReport, evaluate_methods
 from xaikit.explain.layers import resolve_layer
 from xaikit.explain.state import has_recurrent
 from xaikit.filters import Atlas, activations, atlas, lstm_states, weights
+from xaikit.filters._common import conv_of
 from xaikit.viz.html import Section, badge, escape, figure_png, fmt, img, table
 from xaikit.viz.overlay import signal_overlay
 from xaikit.viz.report_figures import (
@@ -54,10 +56,29 @@ def _channel_count(ctx: ReportContext, layer: str) -> int:
     return int(next(iter(maps.values())).shape[1])
 
 
+def default_atlas_layer(model: nn.Module) -> str:
+    """The block around the first convolution when it holds only that one (``features.block1``),
+    else the first convolution itself.
+
+    The block's output is what the next layer sees (after BatchNorm and the activation), so its
+    maximization images are meaningful; a raw convolution without bias followed by BatchNorm
+    has tiny, sign-mixed outputs whose maximization gains almost nothing.
+    """
+    conv = weights(model).layer
+    parent = conv.rpartition(".")[0]
+    if parent:
+        try:
+            if conv_of(model, parent)[0] == conv:
+                return parent
+        except XaikitConfigError:
+            pass
+    return conv
+
+
 def report_atlas(ctx: ReportContext) -> Atlas:
-    """The atlas of the report's filter layer (first convolution by default), cached."""
+    """The atlas of the report's filter layer (the first conv block by default), cached."""
     if "atlas" not in ctx.cache:
-        layer = ctx.settings.filter_layer or weights(ctx.model).layer
+        layer = ctx.settings.filter_layer or default_atlas_layer(ctx.model)
         count = min(_channel_count(ctx, layer), ctx.settings.atlas_channels)
         ctx.cache["atlas"] = atlas(
             ctx.model,
