@@ -134,3 +134,15 @@ def test_stored_activations_survive_inplace_ops_after_the_layer():
         expected = model[0](x)
     assert (expected < 0).any()
     assert torch.equal(cap.activations["conv"], expected)
+
+
+def test_keep_graph_capture_differentiates_back_to_the_input():
+    model = xaikit.create_model("simple_cnn", widths=(4, 8)).eval()
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    with Capture(model, {"b1": model.features.block1}, keep_graph=True, stop=True) as cap:
+        cap.run(x)
+        (grad,) = torch.autograd.grad(cap.activations["b1"][:, 1].sum(), x)
+    reference = x.detach().clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(model.features.block1(reference)[:, 1].sum(), reference)
+    assert torch.allclose(grad, expected)
+    assert hook_count(model) == 0

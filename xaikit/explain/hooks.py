@@ -52,6 +52,8 @@ class Capture:
         layers: ``{name: module}`` to capture.
         grad: make each captured output a leaf that requires grad (for gradients w.r.t.
             activations); otherwise store it detached.
+        keep_graph: store each output still attached to the graph before it (implies
+            ``grad``), for gradients with respect to the *input* (activation maximization).
         stop: end the forward pass once every layer has been captured.
 
     Example::
@@ -68,11 +70,13 @@ class Capture:
         layers: Mapping[str, nn.Module],
         *,
         grad: bool = False,
+        keep_graph: bool = False,
         stop: bool = False,
     ) -> None:
         self.model = model
         self.layers = dict(layers)
-        self.grad = grad
+        self.grad = grad or keep_graph
+        self.keep_graph = keep_graph
         self.stop = stop
         self.activations: dict[str, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
@@ -101,24 +105,22 @@ class Capture:
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             tensor = _first_tensor(output)
-            if self.grad:
-                leaf = tensor.detach().requires_grad_(True)
-                self.activations[name] = leaf
-                passed_on = leaf.clone()
+            if not self.grad:
+                stored = tensor.detach()
+            elif self.keep_graph:
+                stored = tensor
             else:
-                self.activations[name] = tensor.detach()
-                passed_on = None
+                stored = tensor.detach().requires_grad_(True)
+            self.activations[name] = stored
             if self.stop and len(self.activations) == len(self.layers):
                 raise StopForward
+            # The forward goes on: the rest of the network must not get the stored tensor, or
+            # an in-place op after the layer (ReLU(inplace=True)) would change it.
             if not self.grad:
-                # The forward goes on: an in-place op after the layer (ReLU(inplace=True))
-                # would overwrite a tensor that shares the layer's memory.
-                self.activations[name] = self.activations[name].clone()
-            if passed_on is None:
+                self.activations[name] = stored.clone()
                 return None
-            if isinstance(output, torch.Tensor):
-                return passed_on
-            return (passed_on, *output[1:])
+            passed_on = stored.clone()
+            return passed_on if isinstance(output, torch.Tensor) else (passed_on, *output[1:])
 
         return hook
 

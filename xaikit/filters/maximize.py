@@ -29,10 +29,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xaikit.errors import XaikitConfigError
+from xaikit.explain.hooks import Capture
 from xaikit.explain.layers import resolve_layer
 from xaikit.explain.state import borrowed, model_device
 from xaikit.filters import objectives as obj
-from xaikit.filters._capture import GraphCapture
 from xaikit.filters._common import (
     Normalization,
     apply_normalization,
@@ -227,7 +227,7 @@ def maximize(
     stop_early = stop and not objective.needs_output and bool(captured)
     chunks = [units[i : i + batch_size] for i in range(0, len(units), batch_size)]
     parts = []
-    with borrowed(model), GraphCapture(model, captured, stop=stop_early) as capture:
+    with borrowed(model), Capture(model, captured, keep_graph=True, stop=stop_early) as capture:
         for index, chunk in enumerate(chunks):
             label = f"maximize {layer_name or objective.name}"
             if len(chunks) > 1:
@@ -268,7 +268,7 @@ class _Run:
 
     def _score(
         self,
-        capture: GraphCapture,
+        capture: Capture,
         images: torch.Tensor,
         ctx_units: tuple[torch.Tensor, int],
         u: torch.Tensor | None = None,
@@ -283,7 +283,7 @@ class _Run:
         return self.objective(obj.Context(capture.activations, output, images, units, max_unit))
 
     def optimize(
-        self, capture: GraphCapture, chunk: list[int], label: str
+        self, capture: Capture, chunk: list[int], label: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Optimize one image per unit of ``chunk``; returns ``(images, initial score, final
         score, whether any gradient reached each element)``."""
