@@ -19,23 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from _timing import timed
 
 import xaikit
 from xaikit.evaluate import deletion_curve, random_maps
-
-
-def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
 
 
 def main() -> None:
@@ -92,7 +81,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
         for name in order:
-            seconds, curves[name] = _timed(variants[name], device)
+            seconds, curves[name] = timed(variants[name], device)
             times[name].append(seconds)
     for name, curve in curves.items():
         torch.testing.assert_close(curve, curves["batched"], atol=1e-4, rtol=1e-4, msg=name)

@@ -23,23 +23,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import timed
 
 import xaikit
 from xaikit.filters import maximize
-
-
-def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
 
 
 def main() -> None:
@@ -76,7 +66,7 @@ def main() -> None:
         "single+stop": single(True),
         "single+full": single(False),
     }
-    _timed(cases["batched+stop"], device)  # warm-up
+    timed(cases["batched+stop"], device)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in cases}
     ratios: dict[str, list[float]] = {name: [] for name in cases}
     differences: dict[str, float] = dict.fromkeys(cases, 0.0)
@@ -84,7 +74,7 @@ def main() -> None:
     for _ in range(args.repeats):
         round_times = {}
         for name, fn in cases.items():
-            seconds, images = _timed(fn, device)
+            seconds, images = timed(fn, device)
             round_times[name] = seconds
             if reference is None:
                 reference = images
