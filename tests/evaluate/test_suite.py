@@ -99,3 +99,25 @@ def test_bad_arguments_raise_clear_errors(bar_model, bar_test):
         evaluate_methods(bar_model, images[:2], "gradcam", masks=masks[:2], sanity=False)
     with pytest.raises(XaikitConfigError, match="distinct"):
         evaluate_methods(bar_model, images[:2], ["gradcam", "gradcam"], sanity=False)
+
+
+def test_table_shows_each_class_pointing_game_and_the_tolerance():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten())  # fmt: skip
+    images = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(2, 3, 6, 6)
+    masks[0, 0, :2, :2] = 1
+    masks[0, 2, 4:, 4:] = 1
+    masks[1, 1, 2:4, 2:4] = 1
+    for tolerance, title in ((0, "pointing game ↑"), (2, "pointing game (±2 px) ↑")):
+        report = evaluate_methods(
+            model, images, input_gradient, masks=masks, steps=4, baselines=(), sanity=False,
+            class_names=["a", "b", "c"], tolerance=tolerance,
+        )  # fmt: skip
+        per_class = report.scores["input_gradient"]["pointing_game"]["per_class"]
+        lines = report.table().splitlines()
+        row = next(i for i, line in enumerate(lines) if line.startswith(title))
+        for offset, name in enumerate(sorted(per_class), start=1):
+            label, value = lines[row + offset].split()
+            assert label == name and float(value) == pytest.approx(per_class[name], abs=5e-4)

@@ -53,6 +53,16 @@ def test_pooling_adapts_to_input_size():
     assert large.eval().forward_features(x64).shape == (1, 16, 16, 16)
 
 
+@pytest.mark.parametrize(("pools", "side"), [(None, 8), (3, 8), (2, 16), (1, 32), (0, 64)])
+def test_pools_sets_how_many_blocks_halve_the_map(pools, side):
+    model = xaikit.create_model("simple_cnn", input_size=64, widths=(4, 8, 8, 16), pools=pools)
+    x = torch.randn(2, 3, 64, 64)
+    assert model.eval().forward_features(x).shape == (2, 16, side, side)
+    pooled = [name for name, _ in model.features.named_modules() if name.endswith(".pool")]
+    assert len(pooled) == (3 if pools is None else pools)
+    assert model(x).shape == (2, 10)
+
+
 def test_simple_cnn1d_maps_signals():
     model = xaikit.create_model("simple_cnn1d", num_classes=10, in_channels=2).eval()
     with torch.no_grad():
@@ -120,6 +130,8 @@ def test_every_registered_architecture_runs_its_example_input():
     [
         ({"name": "simple_cnn", "input_size": 2}, "at least 4 pixels"),
         ({"name": "simple_cnn", "widths": (8,)}, "2 to 4 positive widths"),
+        ({"name": "simple_cnn", "widths": (8, 8), "pools": 2}, "pools must be a whole number"),
+        ({"name": "simple_cnn", "pools": -1}, "pools must be a whole number from 0 to 2"),
         ({"name": "simple_cnn", "activation": "swish2"}, "unknown activation"),
         ({"name": "simple_cnn", "task": "regression"}, "unknown task"),
         ({"name": "simple_cnn", "task": "binary", "num_classes": 3}, "binary head"),

@@ -96,7 +96,12 @@ class EvaluationReport:
             if not any(name in self.scores[m] for m in methods):
                 continue
             cells = [_fmt(self.scores[m].get(name, {}).get("mean")) for m in methods]
-            rows.append((f"{info.title} {info.arrow}", cells))
+            title = info.title
+            if name == "pointing_game" and self.settings.get("tolerance"):
+                title += f" (±{self.settings['tolerance']} px)"
+            rows.append((f"{title} {info.arrow}", cells))
+            if name == "pointing_game":
+                rows.extend(self._per_class_rows(name))
         if self.sanity:
             top = next(iter(self.sanity.values()))["randomization"]["top_layers"]
             info = METRICS["randomization_spearman"]
@@ -125,6 +130,12 @@ class EvaluationReport:
         lines = [line("metric", methods)] + [line(label, cells) for label, cells in rows]
         lines.append("↑ higher is better, ↓ lower is better")
         return "\n".join(lines)
+
+    def _per_class_rows(self, metric: str) -> list[tuple[str, list[str]]]:
+        """One indented row per class (per label for multi-label data) of ``metric``."""
+        per_class = [self.scores[m].get(metric, {}).get("per_class", {}) for m in self.methods]
+        classes = list(dict.fromkeys(k for entry in per_class for k in entry))
+        return [(f"  {name}", [_fmt(entry.get(name)) for entry in per_class]) for name in classes]
 
     def _sanity_cell(self, method: str, check: str) -> str:
         entry = self.sanity.get(method, {}).get(check)

@@ -8,8 +8,11 @@ requires grad (``detach().requires_grad_()``), so
   output to the layer - never further, and never into parameters;
 * it works inside ``torch.no_grad()`` callers and on frozen models (the context that runs the
   forward enables grad);
-* the layer passes on a clone, so in-place operations after it (``ReLU(inplace=True)``) do
-  not touch the captured tensor.
+* in-place operations after the layer (``ReLU(inplace=True)``) never change the captured
+  tensor: the layer's output is passed on as it is (no copy, the common case), and when the
+  forward pass turns out to modify it in place - autograd refuses the in-place operation on
+  the leaf, or the tensor's version counter moved - the pass is run again with a copy passed
+  on instead. The layer is remembered, so later captures of it copy from the start.
 
 With ``stop=True`` the forward pass ends at the last captured layer: nothing after it runs.
 Gradient hooks are never registered on modules (module full-backward hooks break with
@@ -18,6 +21,7 @@ in-place operations); gradients are asked of autograd directly.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -26,6 +30,12 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from xaikit.errors import XaikitConfigError
+
+
+#: Layers whose output the rest of the network modifies in place: captures pass on a copy.
+_MODIFIED_IN_PLACE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+#: The words of autograd's error for an in-place operation on a leaf that requires grad.
+_IN_PLACE_ERROR = "leaf Variable that requires grad is being used in an in-place operation"
 
 
 class StopForward(Exception):
@@ -79,12 +89,13 @@ class Capture:
         self.keep_graph = keep_graph
         self.stop = stop
         self.activations: dict[str, torch.Tensor] = {}
+        self._versions: dict[str, int] = {}
         self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> Capture:
         try:
             for name, module in self.layers.items():
-                self._handles.append(module.register_forward_hook(self._hook(name)))
+                self._handles.append(module.register_forward_hook(self._hook(name, module)))
         except BaseException:
             self.close()
             raise
@@ -102,7 +113,7 @@ class Capture:
     def __del__(self) -> None:
         self.close()
 
-    def _hook(self, name: str):
+    def _hook(self, name: str, module: nn.Module):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             tensor = _first_tensor(output)
             if not self.grad:
@@ -112,14 +123,20 @@ class Capture:
             else:
                 stored = tensor.detach().requires_grad_(True)
             self.activations[name] = stored
+            self._versions[name] = stored._version
             if self.stop and len(self.activations) == len(self.layers):
                 raise StopForward
-            # The forward goes on: the rest of the network must not get the stored tensor, or
-            # an in-place op after the layer (ReLU(inplace=True)) would change it.
-            if not self.grad:
-                self.activations[name] = stored.clone()
-                return None
-            passed_on = stored.clone()
+            if module in _MODIFIED_IN_PLACE:
+                # The rest of the network must not get the stored tensor, or its in-place
+                # operations would change the capture.
+                if not self.grad:
+                    self.activations[name] = stored.clone()
+                    return None
+                passed_on = stored.clone()
+            elif not self.grad or self.keep_graph:
+                return None  # the output itself goes on; its version counter is watched
+            else:
+                passed_on = stored  # the leaf goes on, so the backward stops at it
             return passed_on if isinstance(output, torch.Tensor) else (passed_on, *output[1:])
 
         return hook
@@ -129,13 +146,15 @@ class Capture:
 
         Returns the model's output, or ``None`` when ``stop=True`` ended the pass early.
         """
-        self.activations.clear()
-        output = None
-        with torch.enable_grad() if self.grad else torch.no_grad():
-            try:
-                output = self.model(*inputs, **kwargs)
-            except StopForward:
-                output = None
+        try:
+            output = self._forward(inputs, kwargs)
+        except RuntimeError as err:
+            if _IN_PLACE_ERROR not in str(err) or not self._mark_modified():
+                raise
+            output = self._forward(inputs, kwargs)
+        else:
+            if self._mark_modified(only_changed=True):
+                output = self._forward(inputs, kwargs)
         missing = [name for name in self.layers if name not in self.activations]
         if missing:
             raise XaikitConfigError(
@@ -143,6 +162,28 @@ class Capture:
                 "that the model calls (see `xaikit layers`)"
             )
         return output
+
+    def _forward(self, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.activations.clear()
+        self._versions.clear()
+        with torch.enable_grad() if self.grad else torch.no_grad():
+            try:
+                return self.model(*inputs, **kwargs)
+            except StopForward:
+                return None
+
+    def _mark_modified(self, *, only_changed: bool = False) -> bool:
+        """Remember the captured layers whose output was passed on uncopied (all of them, or
+        only those whose tensor was modified in place); ``True`` when a rerun is needed."""
+        marked = False
+        for name, module in self.layers.items():
+            if module in _MODIFIED_IN_PLACE or name not in self.activations:
+                continue
+            if only_changed and self.activations[name]._version == self._versions[name]:
+                continue
+            _MODIFIED_IN_PLACE.add(module)
+            marked = True
+        return marked
 
 
 def hook_count(model: nn.Module) -> int:

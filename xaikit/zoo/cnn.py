@@ -41,7 +41,9 @@ class SimpleCNN(ZooModel):
 
     ``(N, in_channels, S, S) -> (N, num_classes)`` logits (``dims=1``: ``(N, C, L)``).
     The last block is never pooled, so the CAM layer keeps the resolution of the block
-    before it.
+    before it. ``pools`` limits pooling to the first ``pools`` blocks: fewer pools keep a
+    finer last map (better-localized CAMs) at the cost of compute and receptive field, which a
+    larger ``kernel_size`` wins back.
     """
 
     def __init__(
@@ -58,14 +60,21 @@ class SimpleCNN(ZooModel):
         input_size: int = 32,
         dropout: float = 0.0,
         dims: int = 2,
+        pools: int | None = None,
     ) -> None:
         _check_input_size(input_size)
         widths = _check_widths(widths, 2, 4, "simple_cnn")
+        if pools is None:
+            pools = len(widths) - 1
+        if not 0 <= int(pools) < len(widths) or int(pools) != pools:
+            raise XaikitConfigError(
+                f"pools must be a whole number from 0 to {len(widths) - 1} (the last block is "
+                f"never pooled), got {pools}"
+            )
         blocks: dict[str, nn.Module] = {}
         size, channels = input_size, in_channels
         for i, width in enumerate(widths, start=1):
-            last = i == len(widths)
-            do_pool = not last and size >= MIN_INPUT_SIZE
+            do_pool = i <= pools and size >= MIN_INPUT_SIZE
             blocks[f"block{i}"] = ConvBlock(
                 channels,
                 width,
@@ -76,8 +85,8 @@ class SimpleCNN(ZooModel):
                 pool=pool if do_pool else None,
             )
             size, channels = (size // 2 if do_pool else size), width
-        pools = sum(1 for b in blocks.values() if hasattr(b, "pool"))
-        super().__init__(in_channels, min_size=2**pools)
+        pooled = sum(1 for b in blocks.values() if hasattr(b, "pool"))
+        super().__init__(in_channels, min_size=2**pooled)
         self.sample_dims = dims + 1
         self.features = nn.Sequential()
         for name, block in blocks.items():
