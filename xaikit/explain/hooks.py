@@ -31,7 +31,6 @@ from torch.utils.hooks import RemovableHandle
 
 from xaikit.errors import XaikitConfigError
 
-
 #: Layers whose output the rest of the network modifies in place: captures pass on a copy.
 _MODIFIED_IN_PLACE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 #: The words of autograd's error for an in-place operation on a leaf that requires grad.
