@@ -160,7 +160,8 @@ def layer_gradients(selected: torch.Tensor, activations: torch.Tensor, layer: st
             "layer before the head"
         )
     if k == 1:
-        (grads,) = torch.autograd.grad(selected.sum(), activations, allow_unused=True)
+        ones = torch.ones_like(selected)  # d sum_n selected[n] / d selected, without the sum
+        (grads,) = torch.autograd.grad(selected, activations, ones, allow_unused=True)
         if grads is None:
             raise _unused(layer)
         return grads.unsqueeze(1)
@@ -273,6 +274,7 @@ def _run(
     )
     index = targets.gather_index()
     selected = adapter.scores(logits).gather(1, index)  # (N, K), holds the head's graph
+    explained_scores = selected.detach()
     logits = logits.detach()
     if targets.k == 0:
         warn_user(
@@ -302,9 +304,9 @@ def _run(
             raws[name] = _gradient_method(adapter, name, index, settings, routed[name], raws, size)
 
     valid = targets.valid
-    all_valid = bool(valid.all())
+    all_valid = not targets.padded
     with torch.no_grad():
-        explained = adapter.scores(logits).gather(1, index)
+        explained = explained_scores
         probabilities = adapter.probabilities(logits).gather(1, index)
         if not all_valid:
             explained, probabilities = explained * valid, probabilities * valid
@@ -320,7 +322,7 @@ def _run(
             relu=is_cam(name),
             normalize=settings.normalize,
             eps=settings.eps,
-            valid=valid,
+            valid=None if all_valid else valid,
         )
         degenerate_total += int(degenerate.sum())
         results[name] = Explanation(

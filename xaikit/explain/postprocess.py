@@ -11,7 +11,7 @@ Normalization modes, per map ``m`` (one input, one target):
 
 A map is *degenerate* when it is constant: ``max m - min m <= eps * max |m|`` (an all-zero
 map included, e.g. a CAM whose evidence is all negative before the ReLU), when its range is
-not above the smallest normal float (it cannot be rescaled without overflow), or when it holds
+below the smallest normal float (it cannot be rescaled without overflow), or when it holds
 NaN/inf. A degenerate map is returned as zeros by every normalizing mode (never NaN) and
 flagged in ``Explanation.degenerate``; ``normalize=None`` returns it unchanged except that
 non-finite values become 0.
@@ -20,6 +20,7 @@ non-finite values become 0.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -115,15 +116,17 @@ def normalize_maps(
     lo, hi = flat.amin(dim=2), flat.amax(dim=2)
     span = hi - lo  # NaN or inf anywhere in a map makes its span non-finite
     finite: torch.Tensor | None = None
-    if not bool(torch.isfinite(span).all()):  # the one host sync of the common path
+    # The one host sync of the common path. Spans are >= 0, so their sum is finite unless a
+    # span is NaN/inf (or the sum overflows, which the exact path below handles too).
+    if not math.isfinite(span.sum().item()):
         finite = torch.isfinite(span)
         flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = flat.amin(dim=2), flat.amax(dim=2)
         span = hi - lo
-    scale = torch.maximum(lo.abs(), hi.abs())
-    # An all-zero map fails (0 > 0); a span at or below the smallest normal float would
+    scale = torch.maximum(hi, lo.neg())  # = max |m|, as lo <= hi
+    # An all-zero map fails (0 > 0); a span below the smallest normal float would
     # overflow its reciprocal.
-    keep = span > (scale * eps).clamp_min_(torch.finfo(span.dtype).tiny)
+    keep = span > (scale * eps).clamp_min_(_below_tiny(span.dtype))
     if finite is not None:
         keep &= finite
     if valid is not None:
@@ -151,6 +154,13 @@ def normalize_maps(
     shifted = flat if offset is None else flat - offset.unsqueeze(2)
     out = shifted / divisor
     return out.reshape(maps.shape), degenerate
+
+
+@functools.cache
+def _below_tiny(dtype: torch.dtype) -> float:
+    """The largest float of ``dtype`` below its smallest normal: ``x > it`` is ``x >= tiny``."""
+    tiny = torch.tensor(torch.finfo(dtype).tiny, dtype=dtype)
+    return torch.nextafter(tiny, torch.zeros_like(tiny)).item()
 
 
 def to_heatmaps(

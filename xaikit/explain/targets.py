@@ -52,11 +52,14 @@ class Targets:
         indices: ``(N, K)`` long class indices; ``-1`` marks padding.
         valid: ``(N, K)`` bool, ``False`` for padding.
         single: one target per input was asked for (results drop the ``K`` axis).
+        padded: some entries are padding (``valid`` is not all ``True``); known without
+            reading ``valid``, so the common case needs no host sync.
     """
 
     indices: torch.Tensor
     valid: torch.Tensor
     single: bool
+    padded: bool = False
 
     @property
     def k(self) -> int:
@@ -64,7 +67,7 @@ class Targets:
 
     def gather_index(self) -> torch.Tensor:
         """``(N, K)`` indices safe for ``gather`` (padding points at output 0)."""
-        return self.indices.clamp_min(0)
+        return self.indices.clamp_min(0) if self.padded else self.indices
 
     def names(self, class_names: Sequence[str] | None) -> list[list[str | None]] | None:
         """Label names per input and target (``None`` for padding), if names are known."""
@@ -242,13 +245,15 @@ class _Resolver:
         order = torch.sort(mask.to(torch.uint8), dim=1, descending=True, stable=True).indices
         indices = order[:, :k]
         valid = torch.arange(k, device=self.device).unsqueeze(0) < counts.unsqueeze(1)
-        return Targets(indices.masked_fill(~valid, -1), valid, single=False)
+        padded = bool((counts < k).any())
+        return Targets(indices.masked_fill(~valid, -1), valid, single=False, padded=padded)
 
     def _ragged(self, rows: list[list[int]]) -> Targets:
         k = max((len(r) for r in rows), default=0)
-        padded = [r + [-1] * (k - len(r)) for r in rows]
-        indices = torch.tensor(padded, dtype=torch.long, device=self.device).reshape(self.n, k)
-        return Targets(indices, indices >= 0, single=False)
+        rows_k = [r + [-1] * (k - len(r)) for r in rows]
+        indices = torch.tensor(rows_k, dtype=torch.long, device=self.device).reshape(self.n, k)
+        padded = any(len(r) < k for r in rows)
+        return Targets(indices, indices >= 0, single=False, padded=padded)
 
     def _check_int(self, value: int) -> int:
         if not 0 <= value < self.c:
