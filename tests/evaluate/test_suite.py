@@ -115,7 +115,18 @@ def test_table_shows_each_class_pointing_game_and_the_tolerance():
             model, images, input_gradient, masks=masks, steps=4, baselines=(), sanity=False,
             class_names=["a", "b", "c"], tolerance=tolerance,
         )  # fmt: skip
-        per_class = report.scores["input_gradient"]["pointing_game"]["per_class"]
+        scores = report.scores["input_gradient"]
+        per_class = scores["pointing_game"]["per_class"]
+        maps = input_gradient(model, images[[0, 0, 1]], torch.tensor([0, 2, 1]))
+        item_masks = masks[[0, 0, 1], [0, 2, 1]]
+        hits = pointing_game(maps, item_masks, tolerance=tolerance)
+        assert scores["pointing_game"]["mean"] == pytest.approx(float(hits.mean()))
+        if tolerance:
+            exact = pointing_game(maps, item_masks)
+            assert scores["pointing_game_exact"]["mean"] == pytest.approx(float(exact.mean()))
+            assert "pointing game (0 px) ↑" in report.table()
+        else:
+            assert "pointing_game_exact" not in scores
         lines = report.table().splitlines()
         row = next(i for i, line in enumerate(lines) if line.startswith(title))
         for offset, name in enumerate(sorted(per_class), start=1):

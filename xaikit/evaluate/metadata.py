@@ -116,6 +116,19 @@ METRICS: dict[str, MetricInfo] = {
             "the ground-truth mask of the explained class; maps for absent classes are skipped",
         ),
         MetricInfo(
+            name="pointing_game_exact",
+            title="pointing game (0 px)",
+            higher_is_better=True,
+            range=(0.0, 1.0),
+            baseline="the ground-truth mask of the explained class, no tolerance (reported "
+            "beside pointing_game when that one uses a tolerance)",
+            preprocessing="heatmap upsampled bilinearly to the mask size; the maximum is the "
+            "first one in row-major order",
+            paper=_POINTING,
+            description="fraction of maps whose maximum pixel itself lies inside the "
+            "ground-truth mask of the explained class",
+        ),
+        MetricInfo(
             name="energy_pointing_game",
             title="energy pointing game",
             higher_is_better=True,
