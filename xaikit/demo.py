@@ -17,6 +17,8 @@ writes into one folder::
     evaluation/evaluation.png                  the same as bar charts next to the baselines
     evaluation/randomization.png               the cascading-randomization sanity check
     report.html                                everything above in one self-contained page
+    reports/shapes-multilabel.html             the multi-label model's page (a map per label)
+    reports/recall-lstm.html                   the LSTM's page (temporal maps, gates, cell state)
     index.json                                 the list of files, settings and timings
 
 ``fast=True`` uses fewer images, steps and methods (for CI); the files are the same.
@@ -380,14 +382,22 @@ def _run_demo(
             exemplar_pool=plan.exemplar_pool,
         )
 
+    # The two other models' contexts also give their own, smaller report pages: the
+    # multi-label gallery (one map per label) and the recurrent sections (gates, cell state).
+    side: dict[str, ReportContext] = {}
+
     def multilabel() -> None:
         ctx = context(
             "shapes-multilabel",
             n=plan.label_images,
             methods=("gradcam",),
             exemplar_pool=plan.label_images,
+            eval_steps=plan.eval_steps,
+            atlas_channels=plan.atlas_channels,
+            atlas_steps=plan.atlas_steps,
         )
         _label_grid(ctx, out, result)
+        side["shapes-multilabel"] = ctx
 
     def recall() -> None:
         ctx = context(
@@ -395,15 +405,21 @@ def _run_demo(
             n=plan.sequences,
             methods=plan.temporal_methods,
             exemplar_pool=plan.sequences,
+            eval_steps=plan.eval_steps,
         )
         _temporal(ctx, out, result)
+        side["recall-lstm"] = ctx
 
     def report() -> None:
-        ctx = main["ctx"]
-        text = render_context(ctx, title="xaikit demo report: shapes-multiclass")
+        text = render_context(main["ctx"], title="xaikit demo report: shapes-multiclass")
         path = out / "report.html"
         atomic_write_text(path, text)
         result.add("report (open in a browser)", path)
+        for name, ctx in side.items():
+            path = out / "reports" / f"{name}.html"
+            path.parent.mkdir(exist_ok=True)
+            atomic_write_text(path, render_context(ctx, title=f"xaikit demo report: {name}"))
+            result.add(f"report of {name}", path)
 
     steps: list[tuple[str, Callable[[], None]]] = [
         ("load shapes-multiclass", load_main),

@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from html_checks import parse
+from html_checks import decode_png, parse, section_html
 from PIL import Image
 
 from xaikit.cli import main
@@ -30,6 +30,8 @@ EXPECTED = [
     "evaluation/evaluation.png",
     "evaluation/randomization.png",
     "report.html",
+    "reports/shapes-multilabel.html",
+    "reports/recall-lstm.html",
     "index.json",
 ]
 
@@ -60,6 +62,15 @@ def test_fast_demo_writes_every_file(tiny_models, tmp_path, capsys):
 
     page = parse((out / "report.html").read_text(encoding="utf-8"))
     assert page.sections[: len(SECTION_IDS)] == list(SECTION_IDS)
+    # The other two models' pages show what only they have: a map per label, LSTM gates.
+    multilabel = (out / "reports" / "shapes-multilabel.html").read_text(encoding="utf-8")
+    assert parse(multilabel).sections[: len(SECTION_IDS)] == list(SECTION_IDS)
+    assert section_html(multilabel, "gallery").count("<th>label</th>") == 1
+    recurrent = (out / "reports" / "recall-lstm.html").read_text(encoding="utf-8")
+    assert "forget gate" in section_html(recurrent, "recurrent")
+    for text in (multilabel, recurrent):
+        for image in parse(text).images:
+            decode_png(image["src"])
     index = json.loads((out / "index.json").read_text())
     assert {entry["path"] for entry in index["files"]} >= {
         "report.html",
