@@ -9,6 +9,7 @@ import pytest
 import torch
 from evaluate_toys import input_gradient
 
+import xaikit
 from xaikit.errors import XaikitConfigError
 from xaikit.evaluate import deletion_curve, evaluate_methods, pointing_game
 from xaikit.explain.api import explain
@@ -132,3 +133,25 @@ def test_table_shows_each_class_pointing_game_and_the_tolerance():
         for offset, name in enumerate(sorted(per_class), start=1):
             label, value = lines[row + offset].split()
             assert label == name and float(value) == pytest.approx(per_class[name], abs=5e-4)
+
+
+def test_a_binary_head_is_scored_as_two_outcomes():
+    """Class 0 of a one-logit head is explained as -z: its Grad-CAM is the positive map's
+    evidence of the other sign, so both outcomes are scored and the sanity checks run."""
+    torch.manual_seed(0)
+    model = xaikit.create_model("simple_cnn", num_classes=1, task="binary", input_size=16,
+                                widths=(4, 8)).eval()  # fmt: skip
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(4, 16, 16)
+    masks[:, 4:12, 4:12] = 1
+    labels = torch.tensor([0, 1, 0, 1])
+    report = evaluate_methods(model, images, "gradcam", labels=labels, masks=masks, steps=4,
+                              baselines=(), quiet=True)  # fmt: skip
+    raw = explain(model, images, method="gradcam", target=0, normalize=None,
+                  return_result=True).raw[:, 0]  # fmt: skip
+    upsampled = torch.nn.functional.interpolate(raw[:, None], size=(16, 16), mode="bilinear")
+    expected = torch.where(labels[:, None, None] == 1, upsampled[:, 0], -upsampled[:, 0])
+    hits = pointing_game(expected.clamp_min(0), masks)
+    assert report.scores["gradcam"]["pointing_game"]["mean"] == pytest.approx(float(hits.mean()))
+    contrast = report.sanity["gradcam"]["class_contrast"]
+    assert contrast["score"] > 0.5  # relu(raw) and relu(-raw) never rank alike

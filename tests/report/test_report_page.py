@@ -273,7 +273,7 @@ def test_signal_cnn_and_gru_pages(arch, layout, shape, expect, tmp_path):
 
 def test_binary_model_on_an_image_folder(tmp_path):
     """A one-logit head: outcomes named from the folder's two classes, p of the predicted
-    outcome, and no class-contrast check (one output has nothing to contrast)."""
+    outcome, and sanity checks over its two outcomes (the logit z explained as (-z, z))."""
     rng = np.random.default_rng(0)
     for name in ("cat", "dog"):
         (tmp_path / "data" / name).mkdir(parents=True)
@@ -293,7 +293,9 @@ def test_binary_model_on_an_image_folder(tmp_path):
     )
     text = build_report(path, None, None, **{**SMALL, "exemplar_pool": 6})
     assert "Not available" not in text
-    assert "sanity checks skipped (the model has one output)" in text
+    assert "sanity checks skipped" not in text
+    evaluation = section_html(text, "evaluation")
+    assert "randomization" in evaluation and "class contrast" in evaluation
     images = torch.stack([item[0] for item in load(data, "test", size=16)])
     with torch.no_grad():
         positive = model.eval()(images).sigmoid()[:, 0]

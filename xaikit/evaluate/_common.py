@@ -12,6 +12,7 @@ from torch import nn
 from xaikit.data.normalization import normalize
 from xaikit.errors import XaikitConfigError
 from xaikit.evaluate.baselines import BASELINES
+from xaikit.explain.adapter import select_output
 from xaikit.explain.api import explain
 from xaikit.explain.engine import METHODS
 from xaikit.explain.state import borrowed, model_device
@@ -210,10 +211,26 @@ def make_explainer(
         )
 
     def explainer(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return explain(model, inputs, method=method, target=target, layer=layer, **options)
+        kwargs = dict(options)
+        if get_task(model).name == "binary":
+            # The figures see a binary head as two classes (0: negative, 1: positive); its
+            # one output z is explained as the scores (-z, z), so class 0 is explained too.
+            kwargs["output"] = _two_class_output(kwargs.get("output"))
+        return explain(model, inputs, method=method, target=target, layer=layer, **kwargs)
 
     explainer.__name__ = method
     return explainer
+
+
+def _two_class_output(selector: object) -> Callable[[object], torch.Tensor]:
+    """An ``output=`` selector giving a binary head's logit ``z`` as two scores ``(-z, z)``."""
+
+    def two_class(output: object) -> torch.Tensor:
+        z = select_output(output, selector)  # type: ignore[arg-type]
+        z = z.reshape(z.shape[0], -1)[:, :1]
+        return torch.cat([-z, z], dim=1)
+
+    return two_class
 
 
 def compute_maps(

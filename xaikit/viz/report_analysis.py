@@ -195,11 +195,9 @@ def run_evaluation(ctx: ReportContext) -> EvaluationReport:
         n = min(ctx.settings.eval_n or ctx.settings.n, ctx.inputs.shape[0])
         masks = ctx.truth[:n] if ctx.truth is not None and ctx.truth.dim() == 4 else None
         labels = ctx.targets[:n] if ctx.targets.dim() == 1 and ctx.task == "multiclass" else None
-        # The class-contrast check compares maps of different outputs: a one-output (binary)
-        # head has none to compare, so its sanity checks are skipped.
-        sanity = ctx.settings.sanity and ctx.logits.shape[1] > 1
-        if ctx.settings.sanity and not sanity:
-            ctx.notes.append("evaluation: sanity checks skipped (the model has one output)")
+        # A binary head's two outcomes are explained as the scores (-z, z) of its one logit,
+        # so the class-contrast check compares the negative and positive outcomes' maps.
+        sanity = ctx.settings.sanity
         ctx.cache["evaluation"] = evaluate_methods(
             ctx.model,
             ctx.inputs[:n].to(ctx.device),
