@@ -45,7 +45,7 @@ def channel_masks(activations: torch.Tensor, size: tuple[int, ...]) -> torch.Ten
     """
     up = upsample(activations.unsqueeze(1), size)
     flat = up.flatten(start_dim=1)
-    lo, hi = torch.aminmax(flat, dim=1)
+    lo, hi = flat.amin(dim=1), flat.amax(dim=1)  # faster than torch.aminmax on the CPU
     span = hi - lo
     inv = torch.where(span > 0, 1.0 / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0)
     view = (-1,) + (1,) * (up.dim() - 1)
