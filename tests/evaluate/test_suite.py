@@ -49,15 +49,22 @@ def test_figures_equal_the_tensor_metrics(bar_model, bar_test):
     assert report.sanity == {}
 
 
-def test_per_class_masks_score_each_present_label():
+def _three_label_toy() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A 3-output conv net, 2 images of 6x6 and per-label masks: image 0 holds labels 0 and
+    2, image 1 label 1."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten())  # fmt: skip
     images = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
     masks = torch.zeros(2, 3, 6, 6)
-    masks[0, 0, :2, :2] = 1  # image 0 holds labels 0 and 2, image 1 label 1
+    masks[0, 0, :2, :2] = 1
     masks[0, 2, 4:, 4:] = 1
     masks[1, 1, 2:4, 2:4] = 1
+    return model, images, masks
+
+
+def test_per_class_masks_score_each_present_label():
+    model, images, masks = _three_label_toy()
     report = evaluate_methods(
         model, images, input_gradient, masks=masks, steps=4, baselines=(), sanity=False,
         class_names=["a", "b", "c"],
@@ -103,14 +110,7 @@ def test_bad_arguments_raise_clear_errors(bar_model, bar_test):
 
 
 def test_table_shows_each_class_pointing_game_and_the_tolerance():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten())  # fmt: skip
-    images = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
-    masks = torch.zeros(2, 3, 6, 6)
-    masks[0, 0, :2, :2] = 1
-    masks[0, 2, 4:, 4:] = 1
-    masks[1, 1, 2:4, 2:4] = 1
+    model, images, masks = _three_label_toy()
     for tolerance, title in ((0, "pointing game ↑"), (2, "pointing game (±2 px) ↑")):
         report = evaluate_methods(
             model, images, input_gradient, masks=masks, steps=4, baselines=(), sanity=False,
