@@ -132,6 +132,8 @@ def test_every_registered_architecture_runs_its_example_input():
         ({"name": "simple_cnn", "widths": (8,)}, "2 to 4 positive widths"),
         ({"name": "simple_cnn", "widths": (8, 8), "pools": 2}, "pools must be a whole number"),
         ({"name": "simple_cnn", "pools": -1}, "pools must be a whole number from 0 to 2"),
+        ({"name": "simple_cnn", "pools": "two"}, "pools must be a whole number"),
+        ({"name": "simple_cnn", "pools": 1.5}, "pools must be a whole number"),
         ({"name": "simple_cnn", "activation": "swish2"}, "unknown activation"),
         ({"name": "simple_cnn", "task": "regression"}, "unknown task"),
         ({"name": "simple_cnn", "task": "binary", "num_classes": 3}, "binary head"),

@@ -66,7 +66,7 @@ class SimpleCNN(ZooModel):
         widths = _check_widths(widths, 2, 4, "simple_cnn")
         if pools is None:
             pools = len(widths) - 1
-        if not 0 <= int(pools) < len(widths) or int(pools) != pools:
+        if isinstance(pools, bool) or not isinstance(pools, int) or not 0 <= pools < len(widths):
             raise XaikitConfigError(
                 f"pools must be a whole number from 0 to {len(widths) - 1} (the last block is "
                 f"never pooled), got {pools}"
