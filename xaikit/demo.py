@@ -1,8 +1,8 @@
 """``xaikit demo``: the main job on built-in defaults, offline, in about a minute on a laptop.
 
 With the shipped reference models (``shapes-multiclass``, ``shapes-multilabel``,
-``recall-lstm`` in ``models/`` or ``$XAIKIT_MODELS_DIR``) and the generated data sets, it
-writes into one folder::
+``recall-lstm``, shipped inside the package in ``xaikit/models``, or in ``$XAIKIT_MODELS_DIR``)
+and the generated data sets, it writes into one folder::
 
     heatmaps/shapes-multiclass_methods.png     several methods side by side, test images
     heatmaps/shapes-multiclass_gradcam/        the Grad-CAM explanation as .npz + .json
@@ -321,7 +321,7 @@ def run_demo(
         out: the output folder (created; files in it are replaced atomically).
         fast: fewer images, steps and methods, for CI (the same files).
         models_dir: where the reference models are (default ``$XAIKIT_MODELS_DIR`` or the
-            repository's ``models/``).
+            package's own ``xaikit/models``, see :func:`~xaikit.zoo.checkpoint.shipped_models_dir`).
         seed: every random choice (maximization, baselines, stochastic methods).
         device: where the models run.
         threads: torch intra-op threads for the run (restored afterwards); ``None`` keeps

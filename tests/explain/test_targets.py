@@ -128,6 +128,9 @@ def test_a_binary_head_has_only_the_positive_logit():
 
 
 def test_target_errors_come_before_any_backward_pass(zoo_multiclass, images, monkeypatch):
+    # layer="auto" chooses once per model and input shape with one dry backward pass of one
+    # sample (cached); the explanation's own backward is what the targets must precede.
+    X.explain(zoo_multiclass, images, target=1)
     calls = []
     real_grad = torch.autograd.grad
 

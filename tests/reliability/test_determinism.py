@@ -11,6 +11,7 @@ import torch
 
 import xaikit
 from xaikit.explain import METHODS
+from xaikit.explain.attention import ATTENTION_METHODS
 
 
 def _fit(seed: int) -> dict[str, torch.Tensor]:
@@ -47,8 +48,18 @@ def test_training_leaves_the_global_rng_untouched():
     assert torch.equal(torch.rand(3), expected)
 
 
+def _tiny_vit() -> torch.nn.Module:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3
+    ).eval()
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_gives_identical_heatmaps_and_leaves_the_global_rng(model, images, method):
+    if method in ATTENTION_METHODS:
+        model = _tiny_vit()  # attention methods need attention: a CNN is refused
     options = {"samples": 4} if method == "smoothgrad" else {}
     state = torch.get_rng_state()
     first = xaikit.explain(model, images, method=method, target="all", seed=7, **options)

@@ -12,6 +12,7 @@ from torch import nn
 
 import xaikit
 from xaikit.explain import METHODS
+from xaikit.explain.attention import ATTENTION_METHODS
 from xaikit.explain.hooks import hook_count
 
 
@@ -107,8 +108,44 @@ def _mixed_state_model(fail_at: int) -> nn.Module:
     return model
 
 
+CNN_METHODS = [m for m in METHODS if m not in ATTENTION_METHODS]
+
+
+def _mixed_state_vit(fail_at: int) -> nn.Module:
+    """A tiny timm ViT in the same mixed state, the tripwire inside its first block."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=3
+    )
+    model.blocks[0].add_module("tripwire", Tripwire(fail_at))
+    model.blocks[0].ls1 = nn.Sequential(model.blocks[0].ls1, model.blocks[0].tripwire)
+    model.train()
+    model.blocks[1].eval()
+    params = list(model.parameters())
+    params[0].requires_grad_(False)
+    params[-1].grad = torch.full_like(params[-1], 7.0)
+    return model
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+@pytest.mark.parametrize("method", ATTENTION_METHODS)
+def test_an_exception_inside_a_transformer_forward_restores_it(images, method, fail_at):
+    model = _mixed_state_vit(fail_at)
+    fused = [getattr(block.attn, "fused_attn", None) for block in model.blocks]
+    before = _snapshot(model)
+    try:
+        xaikit.explain(model, images, method=method, target="all")
+    except Boom:
+        pass
+    else:
+        assert model.blocks[0].tripwire.calls < fail_at
+    _assert_same(before, model)
+    assert [getattr(block.attn, "fused_attn", None) for block in model.blocks] == fused
+
+
 @pytest.mark.parametrize("fail_at", [1, 2, 3])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_an_exception_inside_forward_leaves_the_model_exactly_as_it_was(images, method, fail_at):
     model = _mixed_state_model(fail_at)
     before = _snapshot(model)

@@ -11,5 +11,5 @@ from report_models import train_tiny_models
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder with tiny ``shapes-multiclass``, ``shapes-multilabel`` and
-    ``recall-lstm`` (one epoch each, curves beside them, like ``models/``)."""
+    ``recall-lstm`` (one epoch each, curves beside them, like ``xaikit/models/``)."""
     return train_tiny_models(tmp_path_factory.mktemp("models"))

@@ -1,7 +1,7 @@
 """Tiny stand-ins for the shipped reference models, trained the way the real ones are
 (``xaikit train``), in seconds: 32x32 shapes CNNs and a short-sequence recall LSTM.
 
-They are laid out like ``models/``: ``<name>.safetensors``, ``<name>.json`` and
+They are laid out like ``xaikit/models/``: ``<name>.safetensors``, ``<name>.json`` and
 ``<name>.curves.png`` side by side, so ``XAIKIT_MODELS_DIR`` / ``--models-dir`` can point at
 them.
 """

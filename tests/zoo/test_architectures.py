@@ -168,13 +168,15 @@ def test_torchvision_models_are_reachable_with_random_weights():
     assert model.spec["name"] == "torchvision:resnet18"
 
 
-def test_pretrained_torchvision_without_network_fails_plainly(monkeypatch):
+def test_pretrained_torchvision_without_network_fails_plainly(monkeypatch, tmp_path):
     import torch.hub
 
     def offline(*_args, **_kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    # xaikit fetches the file itself (torch.hub's downloader) into an empty cache here.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(xaikit.CheckpointError, match="could not download pretrained weights"):
         xaikit.create_model("torchvision:resnet18", num_classes=1000, weights="DEFAULT")
 

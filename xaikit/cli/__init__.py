@@ -21,7 +21,17 @@ from xaikit._version import __version__
 from xaikit.errors import XaikitError
 
 # Order is the order of ``xaikit --help``.
-COMMAND_MODULES = ["zoo", "layers", "train", "explain", "filters", "evaluate", "report", "demo"]
+COMMAND_MODULES = [
+    "zoo",
+    "layers",
+    "train",
+    "convert",
+    "explain",
+    "filters",
+    "evaluate",
+    "report",
+    "demo",
+]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 

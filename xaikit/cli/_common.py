@@ -1,43 +1,127 @@
-"""Helpers shared by the CLI commands: loading a model from what the user typed."""
+"""Helpers shared by the CLI commands: loading a model from what the user typed.
+
+Every command that takes ``--model`` adds it with :func:`add_model_argument` (which also adds
+``--weights``, ``--pretrained``, ``--model-option`` and, where the command has none of its
+own, ``--seed``) and loads it with :func:`load_cli_model`, one resolver for every source.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from xaikit.errors import XaikitConfigError
-from xaikit.zoo.checkpoint import list_shipped_models, load_model
-from xaikit.zoo.registry import TORCHVISION_PREFIX, arch_info, create_model, list_models
+from xaikit.zoo.checkpoint import load_model
+from xaikit.zoo.registry import TIMM_PREFIX, TORCHVISION_PREFIX
+from xaikit.zoo.sources import source_kind
 
 MODEL_HELP = (
     "a reference model name (see `xaikit zoo`), a checkpoint path (.safetensors), "
-    "'torchvision:<name>', or an architecture name (random weights)"
+    "'torchvision:<name>', 'timm:<name>', or an architecture name (random weights unless "
+    "--weights or --pretrained)"
+)
+WEIGHTS_HELP = (
+    "weights for --model: a .safetensors file or a PyTorch state dict (.pth, .pt, .bin, "
+    ".ckpt; read with torch.load(weights_only=True): a pickle that would run code is "
+    "refused). num_classes is read from the file; for a checkpoint it replaces its weights"
+)
+PRETRAINED_HELP = (
+    "the published weights of a torchvision: model (from the torch hub cache, else "
+    "downloaded) or a timm: model (from the Hugging Face cache only, safetensors)"
+)
+OPTION_HELP = (
+    "an architecture option when --model names an architecture, e.g. num_classes=10 or "
+    "widths=[16,32] (repeatable)"
 )
 
 
-def add_model_argument(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument("--model", "-m", required=required, metavar="M", help=MODEL_HELP)
+def add_model_argument(
+    parser: argparse.ArgumentParser, *, required: bool = True, seed: bool = True
+) -> None:
+    """Add ``--model`` with ``--weights``, ``--pretrained``, ``--model-option`` and ``--seed``.
+
+    Pass ``seed=False`` when the command has a ``--seed`` of its own: its value then seeds
+    random weights too.
+    """
+    group = parser.add_argument_group("model and weights")
+    group.add_argument("--model", "-m", required=required, metavar="M", help=MODEL_HELP)
+    group.add_argument("--weights", metavar="FILE", help=WEIGHTS_HELP)
+    group.add_argument("--pretrained", action="store_true", help=PRETRAINED_HELP)
+    group.add_argument(
+        "--model-option", action="append", default=[], metavar="KEY=VALUE", help=OPTION_HELP
+    )
+    if seed:
+        group.add_argument(
+            "--seed", type=int, default=0, help="seed of random weights (default: 0)"
+        )
 
 
-def load_cli_model(spec: str, *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Load ``spec`` as a reference model or checkpoint, else build an architecture of the
-    zoo with random weights (handy for ``xaikit layers --model resnet_small``)."""
-    if spec in list_models() and spec not in list_shipped_models():
-        info = arch_info(spec)
-        channels = info.example_input[-1] if info.input_kind == "sequence" else None
-        in_channels = channels if channels is not None else info.example_input[0]
-        model = create_model(spec, in_channels=in_channels).to(device).eval()
-        card = {
-            "architecture": spec,
-            "config": model.spec,
-            "task": "multiclass",
-            "input_shape": list(info.example_input),
-            "weights": "random",
-        }
-        return model, card
-    return load_model(spec, device=device)
+def parse_options(pairs: Sequence[str], flag: str = "--model-option") -> dict[str, Any]:
+    """``["num_classes=10", "widths=[16,32]"]`` -> ``{"num_classes": 10, "widths": [16, 32]}``
+    (values are Python literals, else strings)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise XaikitConfigError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return options
+
+
+def is_plain_checkpoint(args: argparse.Namespace) -> bool:
+    """``--model`` is a checkpoint or reference model loaded as it is (no --weights,
+    --pretrained or --model-option)."""
+    return (
+        source_kind(str(args.model)) == "checkpoint"
+        and getattr(args, "weights", None) is None
+        and not getattr(args, "pretrained", False)
+        and not getattr(args, "model_option", None)
+    )
+
+
+def load_cli_model(
+    spec: str | argparse.Namespace,
+    *,
+    device: str = "cpu",
+    weights: str | None = None,
+    pretrained: bool = False,
+    seed: int = 0,
+    options: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load what ``--model`` names, with ``--weights`` / ``--pretrained`` / ``--seed`` /
+    ``--model-option``: pass the parsed ``args`` (or the spec and the keywords).
+
+    Random weights are announced once on stderr, so nobody reads heatmaps of an untrained
+    network by mistake.
+    """
+    if isinstance(spec, argparse.Namespace):
+        args = spec
+        spec = str(args.model)
+        weights = getattr(args, "weights", None)
+        pretrained = bool(getattr(args, "pretrained", False))
+        seed = int(getattr(args, "seed", None) or 0)
+        options = parse_options(getattr(args, "model_option", None) or [])
+    model, card = load_model(
+        spec, device=device, weights=weights, pretrained=pretrained, seed=seed, options=options
+    )
+    if card.get("weights") == "random":
+        hint = (
+            "--pretrained or --weights FILE"
+            if spec.startswith((TORCHVISION_PREFIX, TIMM_PREFIX))
+            else "--weights FILE, or a reference model (see `xaikit zoo`)"
+        )
+        print(
+            f"xaikit: note: {spec} has random weights (seed {seed}); pass {hint}", file=sys.stderr
+        )
+    return model, card
 
 
 def input_shape(card: dict[str, Any], override: str | None = None) -> tuple[int, ...]:
@@ -55,6 +139,6 @@ def input_shape(card: dict[str, Any], override: str | None = None) -> tuple[int,
     shape = card.get("input_shape")
     if shape:
         return tuple(int(v) for v in shape)
-    if str(card.get("architecture", "")).startswith(TORCHVISION_PREFIX):
+    if str(card.get("architecture", "")).startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
         return (3, 224, 224)
     raise XaikitConfigError("the model card has no input_shape; pass --input-shape C,H,W")

@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models-dir",
         metavar="DIR",
-        help="folder holding the reference models (default: $XAIKIT_MODELS_DIR or models/)",
+        help=(
+            "folder holding the reference models (default: $XAIKIT_MODELS_DIR, else the ones "
+            "shipped inside the package; `xaikit zoo` shows where)"
+        ),
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")

@@ -27,7 +27,7 @@ HELP = "explanation quality figures (deletion/insertion AUC, pointing game, sani
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_argument(parser)
+    add_model_argument(parser, seed=False)  # --seed below seeds random weights too
     parser.add_argument(
         "--data", "-d", required=True, metavar="D", help="data set name, e.g. shapes (test split)"
     )
@@ -129,7 +129,7 @@ def _json_safe(value: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     methods = _split_list(args.method, "method")
     baselines = [] if args.baselines.strip() == "none" else _split_list(args.baselines, "baselines")
-    model, card = load_cli_model(args.model, device=args.device)
+    model, card = load_cli_model(args, device=args.device)
     shape = input_shape(card)
     dataset = _load_data(args.data, args.n, args.seed, shape)
     if getattr(dataset, "input_kind", "image") != "image":

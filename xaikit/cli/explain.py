@@ -19,6 +19,7 @@ from xaikit.cli._common import add_model_argument, input_shape, load_cli_model
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.engine import METHODS
 from xaikit.explain.files import JOURNAL, RESULTS, TargetSpec, explain_files
+from xaikit.explain.layouts import RESHAPE_CHOICES
 from xaikit.explain.targets import KEYWORDS
 from xaikit.train.loaders import resolve_device
 
@@ -86,7 +87,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-l",
         default="auto",
         metavar="L",
-        help="layer for CAM methods (see `xaikit layers`; default: auto, the last spatial layer)",
+        help="layer for CAM methods (see `xaikit layers`; default: auto, the last layer whose "
+        "output is a map of the image and reaches the scores)",
+    )
+    parser.add_argument(
+        "--reshape",
+        default="auto",
+        choices=RESHAPE_CHOICES,
+        help="how the layer's output is read as a map: nchw (CNNs), nhwc (channels last: "
+        "Swin, MambaOut), tokens (ViT-family (N, P+H*W, C), prefix tokens dropped); "
+        "default: auto, from the shape and the model's patch grid",
     )
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
@@ -159,13 +169,17 @@ def _index_or_name(text: str) -> int | str:
 
 
 def _model_info(spec: str, card: dict[str, Any]) -> dict[str, Any]:
-    return {
+    info = {
         "model": spec,
         "architecture": card.get("architecture"),
         "task": card.get("task"),
         "weights": card.get("weights", "trained"),
         "weights_sha256": card.get("weights_sha256"),
     }
+    if card.get("source"):
+        # The file actually read (absolute path, SHA-256): results.json's run.model_source.
+        info["model_source"] = dict(card["source"])
+    return info
 
 
 def _report(source: str, reason: str) -> None:
@@ -176,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.method)
     target = parse_target(args.target)
     device = resolve_device(args.device)
-    model, card = load_cli_model(args.model, device=str(device))
+    model, card = load_cli_model(args, device=str(device))
     shape = input_shape(card, args.input_shape)
     summary = explain_files(
         model,
@@ -185,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         method=methods,
         target=target,
         layer=args.layer,
+        reshape=args.reshape,
         score=args.score,
         input_shape=shape,
         normalization=card.get("normalization"),

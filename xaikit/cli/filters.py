@@ -30,7 +30,7 @@ NEEDS_DATA = ("activations", "exemplars", "atlas")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_argument(parser)
+    add_model_argument(parser, seed=False)  # --seed below seeds random weights too
     parser.add_argument(
         "--layer",
         "-l",
@@ -131,7 +131,7 @@ def _write_png(out: Path, name: str, data: bytes, files: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     channels = parse_channels(args.channels)
-    model, card = load_cli_model(args.model, device=args.device)
+    model, card = load_cli_model(args, device=args.device)
     dataset = _dataset(args.data, args.mode, args.n)
     normalization = _normalization(card, dataset)
     out = Path(args.out)

@@ -7,10 +7,13 @@ import argparse
 import torch
 
 from xaikit.cli._common import add_model_argument, input_shape, load_cli_model
-from xaikit.explain.layers import auto_layer, trace_layers
+from xaikit.explain.layers import choose_layer, explain_choices, trace
 
 NAME = "layers"
-HELP = "list a model's layers with their output shapes; the default target layer is marked"
+HELP = (
+    "list a model's layers with their output shapes and layouts (nchw, nhwc, tokens); "
+    "the default target layer is marked"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--all", action="store_true", help="also list modules that never ran in the forward pass"
     )
+    parser.add_argument(
+        "--why",
+        action="store_true",
+        help="say why layer='auto' passes over each map-shaped output (attention internals, "
+        "off the score path, runs twice, ...)",
+    )
 
 
 def _fmt_shape(shape: tuple[int, ...] | None) -> str:
@@ -28,23 +37,29 @@ def _fmt_shape(shape: tuple[int, ...] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, card = load_cli_model(args.model)
+    model, card = load_cli_model(args)
     shape = input_shape(card, args.input_shape)
-    example = torch.zeros(1, *shape)
-    rows = trace_layers(model, example)
-    try:
-        default = auto_layer(model, example)
-    except Exception:  # a sequence model has no spatial layer; nothing to mark
-        default = None
+    # Seeded noise, not zeros: on a blank input ReLUs are dead and every gradient is 0.
+    example = torch.rand(1, *shape, generator=torch.Generator().manual_seed(0))
+    rows, output_shape = trace(model, example)
+    default = choose_layer(rows, output_shape, model)
+    num_outputs = output_shape[-1] if output_shape else None
+    marked = explain_choices(rows, model, num_outputs)
     width = max(len(r.name) for r in rows)
-    print(f"{'layer':<{width}}  {'type':<22} {'output':<18} {'params':>9}")
-    for row in rows:
+    print(f"{'layer':<{width}}  {'type':<22} {'output':<18} {'layout':<16} {'params':>9}")
+    for row in marked:
         if row.order < 0 and not args.all:
             continue
-        mark = "  <- default (layer='auto')" if row.name == default else ""
+        layout = row.layout.describe() if row.layout is not None else "-"
+        if row.name == default:
+            note = "  <- default (layer='auto')"
+        elif row.layout is not None and row.excluded and args.why:
+            note = f"  ({row.excluded})"
+        else:
+            note = ""
         print(
             f"{row.name:<{width}}  {row.type:<22} {_fmt_shape(row.output_shape):<18} "
-            f"{row.parameters:>9,}{mark}"
+            f"{layout:<16} {row.parameters:>9,}{note}"
         )
     if default is None:
         print("(no layer with a spatial output: CAM methods do not apply; use gradient methods)")

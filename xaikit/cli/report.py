@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xaikit.cli._common import add_model_argument, load_cli_model
+from xaikit.cli._common import add_model_argument, is_plain_checkpoint, load_cli_model
 from xaikit.errors import XaikitConfigError
 from xaikit.viz.report import DEFAULT_METHODS, SEQUENCE_METHODS, build_report
-from xaikit.zoo.checkpoint import list_shipped_models
-from xaikit.zoo.registry import list_models
 
 NAME = "report"
 HELP = "write one self-contained HTML report: card, curves, metrics, heatmaps, filters, quality"
@@ -31,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "#evaluation. Example: xaikit report --model shapes-multilabel --data "
         "shapes-multilabel --out report.html --n 32"
     )
-    add_model_argument(parser)
+    add_model_argument(parser, seed=False)  # --seed below seeds random weights too
     parser.add_argument(
         "--data",
         "-d",
@@ -130,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
         raise XaikitConfigError(f"--out must be an .html file, got {args.out!r}")
     model: object = args.model
     card = None
-    if args.model in list_models() and args.model not in list_shipped_models():
-        model, card = load_cli_model(args.model, device=args.device)
+    if not is_plain_checkpoint(args):  # a plain checkpoint: the report reads its curves too
+        model, card = load_cli_model(args, device=args.device)
     start = time.perf_counter()
     path = build_report(
         model,  # type: ignore[arg-type]

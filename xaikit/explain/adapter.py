@@ -73,6 +73,8 @@ def select_output(output: Any, selector: OutputSelector = None) -> torch.Tensor:
         return _as_tensor(selector(output), "output(...)")
     if isinstance(selector, int) and not isinstance(selector, bool):
         if not isinstance(output, (tuple, list)):
+            output = _as_sequence(output)
+        if not isinstance(output, (tuple, list)):
             raise XaikitConfigError(
                 f"output={selector} indexes a tuple, but the model returns {type(output).__name__}"
             )
@@ -97,6 +99,17 @@ def select_output(output: Any, selector: OutputSelector = None) -> torch.Tensor:
     raise XaikitConfigError(
         f"output= must be an index, a key, an attribute name or a callable; got {selector!r}"
     )
+
+
+def _as_sequence(output: Any) -> Any:
+    """A Hugging Face ``ModelOutput`` indexed by position: its fields that are set, in order
+    (what ``output[0]`` gives there); other objects are returned unchanged."""
+    to_tuple = getattr(output, "to_tuple", None)
+    if callable(to_tuple):
+        return tuple(to_tuple())
+    if isinstance(output, Mapping):
+        return tuple(value for value in output.values() if value is not None)
+    return output
 
 
 def _as_tensor(value: Any, what: str) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch import nn
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.adapter import InputKey, OutputSelector
 from xaikit.explain.engine import Settings, check_methods, method_names, run
+from xaikit.explain.layouts import Reshape
 from xaikit.explain.postprocess import DEFAULT_EPS
 from xaikit.explain.result import Explanation
 
@@ -35,6 +36,7 @@ def explain(
     target: Any = "predicted",
     layer: str | nn.Module = "auto",
     *,
+    reshape: Reshape = "auto",
     score: str = "logit",
     normalize: str | None = "minmax",
     eps: float = DEFAULT_EPS,
@@ -64,7 +66,15 @@ def explain(
         target: what to explain, see :mod:`xaikit.explain.targets`: ``"predicted"``, an
             index, a label name, ``"positive"``, ``"all"``, per-input indices or lists, a
             multi-hot mask or a callable on the logits.
-        layer: ``"auto"`` (the last spatial layer), a dotted module name, or the module.
+        layer: ``"auto"`` (the last layer whose output is a map of the input and reaches
+            the scores; see :mod:`xaikit.explain.layers`), a dotted module name, or the
+            module.
+        reshape: how the layer's output is read as a map (:mod:`xaikit.explain.layouts`):
+            ``"auto"`` (from the shape and the model's patch grid), ``"nchw"``, ``"nhwc"``
+            (Swin, MambaOut), ``"tokens"`` (ViT-family ``(N, P + H*W, C)``, prefix tokens
+            dropped), or a callable ``(N, ...) -> (N, C, H, W)`` like pytorch-grad-cam's
+            ``reshape_transform``. A layer that reads as no map is refused before any
+            backward pass.
         score: ``"logit"`` (default) or ``"prob"`` (softmax / sigmoid by the head's task).
         normalize: ``"minmax"``, ``"max_abs"``, ``"global"`` or ``None``
             (see :mod:`xaikit.explain.postprocess`).
@@ -93,6 +103,7 @@ def explain(
     """
     settings = Settings(
         layer=layer,
+        reshape=reshape,
         score=score,
         normalize=normalize,
         eps=eps,

@@ -25,9 +25,19 @@ from torch import nn
 
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.adapter import ExplainWarning, InputKey, ModelAdapter, OutputSelector
+from xaikit.explain.attention import ATTENTION_METHODS, attention_map, options_of
 from xaikit.explain.cam import CAM_METHODS
 from xaikit.explain.hooks import Capture
-from xaikit.explain.layers import resolve_layer
+from xaikit.explain.layers import auto_layer_cached, resolve_layer
+from xaikit.explain.layouts import (
+    Layout,
+    Reshape,
+    check_reshape,
+    is_channels_last_module,
+    layout_for,
+    model_hints,
+    to_map,
+)
 from xaikit.explain.postprocess import DEFAULT_EPS, check_normalize, to_heatmaps, upsample
 from xaikit.explain.result import Explanation
 from xaikit.explain.scorecam import DEFAULT_BATCH_SIZE, FILL_RULES, score_cam
@@ -46,12 +56,12 @@ GRADIENT_NAMES = (
     "occlusion",
 )
 #: The built-in method names (methods added to ``CAM_METHODS`` later are accepted too).
-METHODS = (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES)
+METHODS = (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES, *ATTENTION_METHODS)
 
 
 def method_names() -> tuple[str, ...]:
     """Every method name ``explain`` accepts now, registered CAM methods included."""
-    return (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES)
+    return (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES, *ATTENTION_METHODS)
 
 
 def is_cam(name: str) -> bool:
@@ -68,6 +78,7 @@ class Settings:
     """Everything but the model, the inputs and the targets (see :func:`xaikit.explain`)."""
 
     layer: str | nn.Module = "auto"
+    reshape: Reshape = "auto"
     score: str = "logit"
     normalize: str | None = "minmax"
     eps: float = DEFAULT_EPS
@@ -126,6 +137,8 @@ def route_options(methods: Sequence[str], options: Mapping[str, Any]) -> dict[st
     for m in methods:
         if m in GRADIENT_NAMES:
             accepted = _accepted(_gradient_fn(m))
+        elif m in ATTENTION_METHODS:
+            accepted = set(options_of(m))
         else:
             accepted = set(SCORE_CAM_OPTIONS.get(m, ()))
         accepted_all |= accepted
@@ -143,7 +156,9 @@ def route_options(methods: Sequence[str], options: Mapping[str, Any]) -> dict[st
     return routed
 
 
-def layer_gradients(selected: torch.Tensor, activations: torch.Tensor, layer: str) -> torch.Tensor:
+def layer_gradients(
+    selected: torch.Tensor, activations: torch.Tensor, layer: str, tuple_output: bool = False
+) -> torch.Tensor:
     """``d selected[n, k] / d A[n]`` for every target: ``(N, K)``, ``(N, C, *s)`` ->
     ``(N, K, C, *s)``, by one vector-Jacobian product per target, batched.
 
@@ -153,6 +168,12 @@ def layer_gradients(selected: torch.Tensor, activations: torch.Tensor, layer: st
     without a batching rule falls back to ``K`` backward passes over the retained graph.
     """
     n, k = selected.shape
+    if not selected.requires_grad and tuple_output:
+        raise XaikitConfigError(
+            f"layer {layer!r} returns a tuple and its first tensor, the one explained, does "
+            "not reach the scores (the model reads another element, e.g. PiT's class "
+            "tokens); choose a layer inside it (see `xaikit layers`)"
+        )
     if not selected.requires_grad:
         raise XaikitConfigError(
             f"the explained scores do not depend on layer {layer!r} through differentiable "
@@ -163,7 +184,7 @@ def layer_gradients(selected: torch.Tensor, activations: torch.Tensor, layer: st
         ones = torch.ones_like(selected)  # d sum_n selected[n] / d selected, without the sum
         (grads,) = torch.autograd.grad(selected, activations, ones, allow_unused=True)
         if grads is None:
-            raise _unused(layer)
+            raise _unused(layer, tuple_output)
         return grads.unsqueeze(1)
     one_hot = torch.eye(k, dtype=selected.dtype, device=selected.device)
     one_hot = one_hot.unsqueeze(1).expand(k, n, k)
@@ -183,11 +204,16 @@ def layer_gradients(selected: torch.Tensor, activations: torch.Tensor, layer: st
         ]
         grads = torch.stack(parts, dim=0)
     if grads is None:
-        raise _unused(layer)
+        raise _unused(layer, tuple_output)
     return grads.movedim(0, 1)
 
 
-def _unused(layer: str) -> XaikitConfigError:
+def _unused(layer: str, tuple_output: bool = False) -> XaikitConfigError:
+    if tuple_output:
+        return XaikitConfigError(
+            f"layer {layer!r} returns a tuple and the scores do not depend on its first "
+            "tensor, the one explained; choose a layer inside it (see `xaikit layers`)"
+        )
     return XaikitConfigError(
         f"the explained scores do not depend on layer {layer!r} (the gradient does not reach "
         "it); choose a layer on the path from the input to the output"
@@ -215,6 +241,7 @@ def run(
     """
     methods = check_methods(methods)
     check_normalize(settings.normalize)
+    check_reshape(settings.reshape)
     routed = route_options(methods, settings.options)
     # Inside a caller's torch.inference_mode() the inputs are inference tensors, which
     # autograd refuses: leave inference mode first, then copy them (prepare_inputs).
@@ -253,13 +280,40 @@ def _run(
 
     layer_name: str | None = None
     activations: torch.Tensor | None = None
+    layout: Layout | None = None
+    tuple_output = False
     if cams:
         layer = _layer_name(settings.layer, adapter.model is not original)
+        if isinstance(layer, str) and layer == "auto" and not auto_layer_cached(adapter.model, x):
+            # Choosing the layer takes one dry backward pass; bad targets are refused first.
+            with torch.no_grad():
+                early = adapter.logits(adapter.call(x), n)
+            resolve_targets(
+                target, early, task=adapter.task, predict=adapter.predict, class_names=class_names
+            )
         layer_name, module = resolve_layer(adapter.model, layer, x, adapter.trace_forward())
         with Capture(adapter.model, {layer_name: module}, grad=needs_grads) as capture:
             args, kwargs = adapter.inputs.with_input(x)
             output = capture.run(*args, **kwargs)
         activations = capture.activations[layer_name]
+        tuple_output = layer_name in capture.tuples
+        # Decided before any backward pass: a layer that is no map of the input is refused.
+        layout = layout_for(
+            layer_name,
+            tuple(activations.shape),
+            size,
+            model_hints(adapter.model, size),
+            settings.reshape,
+            sample=activations,
+            channels_last=is_channels_last_module(module, tuple(activations.shape)),
+        )
+        if capture.calls.get(layer_name, 1) > 1:
+            warn_user(
+                f"layer {layer_name!r} ran {capture.calls[layer_name]} times in one forward "
+                "pass (a shared module); the last call is explained. Choose a layer that runs "
+                "once (see `xaikit layers`)",
+                ExplainWarning,
+            )
         logits = adapter.logits(output, n)
     else:
         with torch.no_grad():
@@ -287,8 +341,10 @@ def _run(
     if cams and activations is not None:
         gradients = None
         if needs_grads and targets.k > 0:
-            gradients = layer_gradients(selected, activations, layer_name or "")
+            gradients = layer_gradients(selected, activations, layer_name or "", tuple_output)
+            gradients = to_map(gradients, layout, lead=2) if layout is not None else gradients
         acts = activations.detach()
+        acts = to_map(acts, layout) if layout is not None else acts
         for name in cams:
             if name in CAM_METHODS:
                 if targets.k == 0:
@@ -302,6 +358,11 @@ def _run(
     for name in methods:
         if name in GRADIENT_NAMES:
             raws[name] = _gradient_method(adapter, name, index, settings, routed[name], raws, size)
+        elif name in ATTENTION_METHODS:
+            # One forward with the attention probabilities captured, K targets per input.
+            raws[name] = attention_map(
+                adapter.model, adapter.forward, x, index, name, **routed[name]
+            )
 
     valid = targets.valid
     all_valid = not targets.padded
@@ -313,6 +374,7 @@ def _run(
     results: dict[str, Explanation] = {}
     degenerate_total = 0
     for name in methods:
+        uses_layer = is_cam(name) or name == "guided-gradcam"
         raw = raws[name].detach()
         if not all_valid:
             raw = raw * valid.reshape(*valid.shape, *[1] * (raw.dim() - 2)).to(raw.dtype)
@@ -334,12 +396,13 @@ def _run(
             probabilities=probabilities,
             degenerate=degenerate,
             method=name,
-            layer=layer_name if is_cam(name) or name == "guided-gradcam" else None,
+            layer=layer_name if uses_layer else None,
             score=settings.score,
             normalize=settings.normalize,
             single=targets.single,
             class_names=list(class_names) if class_names is not None else None,
             options=dict(routed.get(name, {})),
+            layout=layout.describe() if layout is not None and uses_layer else None,
         )
     if degenerate_total:
         _warn_degenerate(results, layer_name)

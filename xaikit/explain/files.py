@@ -604,13 +604,18 @@ def _layers(
     score: str,
     input_shape: Sequence[int],
     class_names: Sequence[str] | None,
+    reshape: str = "auto",
 ) -> dict[str, str | None]:
     """Check the settings on one blank input before touching any file: unknown layers,
     targets out of range or unknown names raise :class:`XaikitConfigError` here. Returns
     the layer each method explains (``None`` for methods on the input)."""
     uses_layer = [m for m in methods if m in CAM_METHODS or m in _OTHER_LAYER_METHODS]
     probe = "gradcam" if uses_layer else "saliency"
-    blank = torch.zeros(1, *[int(v) for v in input_shape])
+    # A seeded noise image, not zeros: the layer chooser's dry backward pass must not meet
+    # ReLUs that are dead on a blank input (its choice is cached for the real images).
+    blank = torch.rand(
+        1, *[int(v) for v in input_shape], generator=torch.Generator().manual_seed(0)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExplainWarning)
         res = explain(
@@ -619,6 +624,7 @@ def _layers(
             method=probe,
             target=_batch_target(target, 1),
             layer=layer,
+            reshape=reshape,
             score=score,
             class_names=class_names,
             quiet=True,
@@ -636,6 +642,7 @@ def explain_files(
     method: str | Sequence[str] = "gradcam",
     target: TargetSpec = "predicted",
     layer: str = "auto",
+    reshape: str = "auto",
     score: str = "logit",
     input_shape: Sequence[int],
     normalization: Normalization | None = None,
@@ -665,6 +672,8 @@ def explain_files(
         target: ``"predicted"``, ``"positive"``, ``"all"``, a class index or name, or a list
             of indices / names (those classes for every image).
         layer: the CAM layer, ``"auto"`` or a dotted module name.
+        reshape: how the layer's output reads as a map (``"auto"``, ``"nchw"``, ``"nhwc"``,
+            ``"tokens"``; see :mod:`xaikit.explain.layouts`).
         score: ``"logit"`` or ``"prob"``: what is differentiated.
         input_shape: ``(C, H, W)`` the model takes.
         normalization: ``{"mean": [...], "std": [...]}`` applied to the ``[0, 1]`` image.
@@ -674,7 +683,9 @@ def explain_files(
         cmap, alpha: overlay colormap and weight of the colour layer.
         figures: also write the titled figure with a colour bar per map.
         model_info: how the model was named (``model``, ``architecture``, ...): recorded in
-            the results, and must match when resuming.
+            the results, and must match when resuming. Its ``model_source`` entry (the
+            card's ``source``: absolute path and SHA-256 of the weights read) is recorded as
+            ``run.model_source`` but not compared on resume.
         quiet: no progress bar.
         on_error: called with ``(source, reason)`` for each input that cannot be used.
         workers: threads that encode and write the files while the next batch is explained
@@ -707,16 +718,21 @@ def explain_files(
     if not isinstance(target, (str, int)) and len(target) == 0:
         raise XaikitConfigError("the target list is empty")
     names = list(class_names) if class_names is not None else None
-    layers = _layers(model, methods, target, layer, score, shape, names)
+    layers = _layers(model, methods, target, layer, score, shape, names, reshape)
 
     out_dir = Path(out)
     sources = collect_images(inputs, exclude=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    info = dict(model_info or {})
+    # Which file the weights came from. Kept out of the settings a resume must match: the same
+    # weights (weights_sha256 is compared) may be resumed from another copy or install.
+    model_source = info.pop("model_source", None)
     settings = {
-        "model": dict(model_info or {}),
+        "model": info,
         "methods": methods,
         "target": target if isinstance(target, (str, int)) else list(target),
         "layer": layer,
+        "reshape": reshape,
         "layers": layers,
         "score": score,
         "normalize": "minmax",
@@ -754,6 +770,7 @@ def explain_files(
                 method=methods,
                 target=_batch_target(target, len(batch)),
                 layer=layer,
+                reshape=reshape,
                 score=score,
                 class_names=names,
                 quiet=True,
@@ -801,6 +818,7 @@ def explain_files(
         finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         run = {
             **settings,
+            **({"model_source": model_source} if model_source is not None else {}),
             "class_names": names,
             "batch_size": batch_size,
             "device": str(next(model.parameters(), torch.empty(0)).device),

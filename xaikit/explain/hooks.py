@@ -88,6 +88,10 @@ class Capture:
         self.keep_graph = keep_graph
         self.stop = stop
         self.activations: dict[str, torch.Tensor] = {}
+        #: How many times each layer ran in the last forward pass (the last call is kept).
+        self.calls: dict[str, int] = {}
+        #: Layers whose output was a tuple (its first tensor is captured).
+        self.tuples: set[str] = set()
         self._versions: dict[str, int] = {}
         self._handles: list[RemovableHandle] = []
 
@@ -115,6 +119,9 @@ class Capture:
     def _hook(self, name: str, module: nn.Module):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             tensor = _first_tensor(output)
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if not isinstance(output, torch.Tensor):
+                self.tuples.add(name)
             if not self.grad:
                 stored = tensor.detach()
             elif self.keep_graph:
@@ -164,6 +171,7 @@ class Capture:
 
     def _forward(self, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.activations.clear()
+        self.calls.clear()
         self._versions.clear()
         with torch.enable_grad() if self.grad else torch.no_grad():
             try:

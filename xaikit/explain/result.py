@@ -37,6 +37,8 @@ class Explanation:
         normalize: the normalization mode.
         single: one target per input was asked for; :attr:`heatmap` drops the ``K`` axis.
         class_names: label names, when known.
+        layout: how the layer's output was read as a map (``"nchw 7x7"``, ``"tokens
+            1+14x14"``, see :mod:`xaikit.explain.layouts`); ``None`` without a layer.
     """
 
     maps: torch.Tensor
@@ -53,6 +55,7 @@ class Explanation:
     single: bool
     class_names: list[str] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    layout: str | None = None
 
     @property
     def heatmap(self) -> torch.Tensor:
@@ -78,6 +81,7 @@ class Explanation:
         return {
             "method": self.method,
             "layer": self.layer,
+            "layout": self.layout,
             "score": self.score,
             "normalize": self.normalize,
             "single": self.single,

@@ -1,5 +1,5 @@
 """Training recipes: one TOML file (or dict) that says data, model and optimizer, so a
-reference model is reproduced by ``xaikit train --recipe models/<name>.toml``.
+reference model is reproduced by ``xaikit train --recipe xaikit/models/<name>.toml``.
 
 A recipe has three tables::
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from xaikit._version import __version__
-from xaikit.errors import CheckpointError
+from xaikit.errors import CheckpointError, XaikitConfigError
 from xaikit.io import atomic_path, atomic_write_json
 from xaikit.zoo.heads import get_task
 from xaikit.zoo.registry import TORCHVISION_PREFIX, create_model
@@ -37,17 +38,22 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK\x03\x04")
 
 
+# The reference models ship inside the package (package data), so an installed wheel has them
+# wherever it is run from; a source checkout finds the same folder.
+PACKAGED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
 def shipped_models_dir() -> Path:
-    """The folder of shipped reference models: ``$XAIKIT_MODELS_DIR`` or the repository's
-    ``models/``."""
+    """The folder of the reference models: ``$XAIKIT_MODELS_DIR`` when set, else the
+    ``xaikit/models`` folder inside the installed package."""
     env = os.environ.get("XAIKIT_MODELS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "models"
+    return PACKAGED_MODELS_DIR
 
 
 def list_shipped_models() -> list[str]:
-    """Names of the reference models that ``load_model(name)`` finds."""
+    """Names of the reference models that ``load_model(name)`` finds (weights and card)."""
     folder = shipped_models_dir()
     if not folder.is_dir():
         return []
@@ -175,8 +181,42 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{weights_path}: corrupt or truncated safetensors ({err})") from None
 
 
+def is_bare_name(name_or_path: str | os.PathLike[str]) -> bool:
+    """True for a plain name such as ``"digits-cnn"``: no path separator and no suffix.
+
+    Only such a name can mean a reference model; ``"./digits-cnn"``, ``"dir/m"`` and
+    ``"m.safetensors"`` are always paths. The test is on the text: ``Path("./m")`` prints as
+    ``"m"``, so it is a bare name too.
+    """
+    text = os.fspath(name_or_path)
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return (
+        bool(text)
+        and text not in (".", "..")
+        and not any(sep in text for sep in separators)
+        and Path(text).suffix == ""
+    )
+
+
 def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
-    """Return the ``.safetensors`` path for a shipped model name or a checkpoint path."""
+    """Return the ``.safetensors`` path for a reference model name or a checkpoint path.
+
+    A bare name of a reference model (no path separator, no suffix, e.g. ``"digits-cnn"``)
+    always means the shipped reference model in :func:`shipped_models_dir`, even when the
+    current folder holds ``digits-cnn.safetensors`` or a folder ``digits-cnn``: what a name
+    loads must not depend on where the command runs. To load such a local file, write it as a
+    path: ``"./digits-cnn"``, ``"./digits-cnn.safetensors"`` or ``"runs/digits-cnn"``.
+
+    Anything else is a path: ``dir/name``, ``dir/name.safetensors``, ``dir/name.json`` or a
+    folder holding one checkpoint (``best``/``model`` preferred). A bare name that is neither
+    a reference model nor an existing path raises :class:`CheckpointError` listing the
+    reference models.
+    """
+    bare = is_bare_name(name_or_path)
+    if bare:
+        shipped = shipped_models_dir() / f"{os.fspath(name_or_path)}{WEIGHTS_SUFFIX}"
+        if shipped.exists():
+            return shipped
     raw = Path(name_or_path)
     if raw.is_dir():
         candidates = sorted(raw.glob(f"*{WEIGHTS_SUFFIX}"))
@@ -193,10 +233,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
     if raw.exists():
         # The user named a file that is not a .safetensors/.json: inspect it as weights.
         return raw
-    if raw.parent == Path(".") and raw.suffix == "":
-        shipped = shipped_models_dir() / f"{raw.name}{WEIGHTS_SUFFIX}"
-        if shipped.exists():
-            return shipped
+    if bare:
         known = ", ".join(list_shipped_models()) or "none installed"
         raise CheckpointError(
             f"no reference model or checkpoint named {str(name_or_path)!r} (reference models: "
@@ -205,44 +242,85 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
     raise CheckpointError(f"{raw}: checkpoint not found")
 
 
+def provenance(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Where a checkpoint's weights were read from: ``{"path": <absolute path>, "sha256": ...}``.
+
+    :func:`load_model` puts this in the returned card as ``card["source"]`` so results can
+    say exactly which file produced them (a name like ``"digits-cnn"`` does not). The digest
+    is of the file's bytes as they are now, not the one the card records.
+    """
+    resolved = Path(path).resolve()
+    return {"path": str(resolved), "sha256": _sha256(resolved)}
+
+
 def load_model(
-    name_or_path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    weights: str | os.PathLike[str] | None = None,
+    pretrained: bool = False,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a checkpoint written by :func:`save_model`, a shipped model, or torchvision.
+    """Load a model by name, with its weights and model card: every source in one call.
 
     Args:
-        name_or_path: a reference model name (``"shapes-multilabel"``), a path to a
-            checkpoint (``dir/model``, ``dir/model.safetensors`` or a folder holding one), or
-            ``"torchvision:<name>"`` (random weights; pass ``weights`` via ``create_model``
-            for pretrained ones).
+        name_or_path: a reference model name (``"shapes-multilabel"``), a checkpoint written
+            by :func:`save_model` (``dir/model``, ``dir/model.safetensors`` or a folder
+            holding one), a zoo architecture (``"simple_cnn"``), ``"torchvision:<name>"`` or
+            ``"timm:<name>"`` (see :mod:`xaikit.zoo.sources`).
         device: where to put the model.
+        weights: a weights file to load instead: safetensors, or a PyTorch state dict
+            (``.pth``/``.pt``/``.bin``/``.ckpt``, read with ``weights_only=True``: a pickle
+            that would run code is refused). For an architecture ``num_classes`` is read
+            off the file; for a checkpoint the file replaces the checkpoint's weights.
+        pretrained: the published weights of a torchvision or timm model.
+        seed: the seed random weights are drawn from (the caller's random state is kept).
+        options: architecture options for an architecture name (``num_classes``, ...).
 
     Returns:
-        ``(model, card)``: the model in eval mode, and its model card as a dict.
+        ``(model, card)``: the model in eval mode, and its model card as a dict. The card
+        records ``weights`` (``"random"``, ``"pretrained:<enum>"`` or ``"file:<path>"``,
+        absent for a checkpoint's own weights), class names, normalization, input shape,
+        and ``source`` (``{"path", "sha256"}`` of the weights file read; absent for random).
 
     Raises:
         CheckpointError: the file is missing, not safetensors (a pickle is refused without
             being read), truncated, or its tensors do not fit the architecture in its card.
+        XaikitConfigError: an unknown architecture or option; ``pretrained`` for a model
+            without published weights.
     """
+    from xaikit.zoo import sources  # sources imports this module
+    from xaikit.zoo.state_dicts import load_state_into, read_weights_file
+
     text = str(name_or_path)
-    if text.startswith(TORCHVISION_PREFIX):
-        model = create_model(text, num_classes=1000)
-        card = {
-            "format": CARD_FORMAT,
-            "architecture": text,
-            "config": {"num_classes": 1000},
-            "task": "multiclass",
-            "num_classes": 1000,
-            "input_shape": [3, 224, 224],
-            "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-            "weights": "random",
-        }
+    if weights is not None and pretrained:
+        raise XaikitConfigError("give a weights file or ask for pretrained weights, not both")
+    if sources.source_kind(text) != "checkpoint":
+        model, card = sources.load_source(
+            text, weights=weights, pretrained=pretrained, seed=seed, options=options
+        )
         return model.to(device).eval(), card
+    if pretrained:
+        raise XaikitConfigError(
+            f"{text} is a checkpoint with its own weights; pretrained weights are for "
+            "'torchvision:<name>' and 'timm:<name>' (pass a weights file to replace them)"
+        )
+    if options:
+        raise XaikitConfigError(
+            f"architecture options ({', '.join(options)}) are for architecture names; a "
+            f"checkpoint's architecture comes from its model card"
+        )
     weights_path = resolve_checkpoint(name_or_path)
-    state = load_weights(weights_path)
+    override = None
+    if weights is None:
+        state = load_weights(weights_path)
+    else:
+        override = read_weights_file(weights)
+        state = override.state
     card = read_card(weights_path)
     sha = card.get("weights_sha256")
-    if sha is not None and sha != _sha256(weights_path):
+    if override is None and sha is not None and sha != _sha256(weights_path):
         raise CheckpointError(
             f"{weights_path}: the weights do not match their model card (SHA-256 differs); "
             "the file was changed or belongs to another card"
@@ -250,17 +328,28 @@ def load_model(
     config = dict(card["config"])
     if str(card["architecture"]).startswith(TORCHVISION_PREFIX):
         # The weights are the safetensors file's. A card's `weights="DEFAULT"` (recorded for
-        # a fine-tuned pretrained model) would make torchvision download, or torch.load with
-        # weights_only=False from its cache, a pickle: never rebuild with pretrained weights.
+        # a fine-tuned pretrained model) would fetch the published weights: never rebuild
+        # with pretrained weights.
         config.pop("weights", None)
     try:
-        model = create_model(card["architecture"], **config)
+        with sources.seeded(seed):
+            model = create_model(card["architecture"], **config)
     except CheckpointError:
         raise
     except Exception as err:
         raise CheckpointError(
             f"{weights_path}: the model card describes an architecture xaikit cannot build ({err})"
         ) from None
+    if override is not None:
+        load_state_into(model, state, str(override.path))
+        card = {
+            **card,
+            "weights": override.label,
+            "weights_sha256": override.sha256,
+            "weights_file": str(override.path),
+            "source": {"path": str(override.path.resolve()), "sha256": override.sha256},
+        }
+        return model.to(device).eval(), card
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -269,4 +358,5 @@ def load_model(
         raise CheckpointError(
             f"{weights_path}: the weights do not fit the architecture in the model card ({detail})"
         ) from None
+    card["source"] = provenance(weights_path)  # the file actually read, for results files
     return model.to(device).eval(), card

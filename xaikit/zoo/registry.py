@@ -1,7 +1,10 @@
 """One registry and one factory for every architecture (the shape of timm's ``create_model``).
 
 ``create_model("simple_cnn", num_classes=6, task="multilabel", in_channels=3)`` builds a zoo
-model; ``create_model("torchvision:resnet18")`` builds any torchvision classifier.
+model; ``create_model("torchvision:resnet18")`` builds any torchvision classifier and
+``create_model("timm:vit_tiny_patch16_224")`` any timm model (timm is optional:
+``pip install 'xaikit[timm]'``). Weights files and pretrained weights are
+:func:`xaikit.load_model`'s job (:mod:`xaikit.zoo.sources`).
 """
 
 from __future__ import annotations
@@ -9,15 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 from torch import nn
 
-from xaikit.errors import CheckpointError, XaikitConfigError
+from xaikit.errors import XaikitConfigError
 from xaikit.zoo.cnn import ResNetSmall, SimpleCNN, SimpleCNN1d, VGGSmall
 from xaikit.zoo.rnn import RecurrentClassifier
 
 TORCHVISION_PREFIX = "torchvision:"
+TIMM_PREFIX = "timm:"
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,8 @@ def arch_info(name: str) -> ArchInfo:
         return _REGISTRY[name]
     except KeyError:
         raise XaikitConfigError(
-            f"unknown architecture {name!r}; choose one of {', '.join(_REGISTRY)} "
-            f"or 'torchvision:<name>'"
+            f"unknown architecture {name!r}; choose one of {', '.join(_REGISTRY)}, "
+            f"'torchvision:<name>' or 'timm:<name>'"
         ) from None
 
 
@@ -109,23 +114,29 @@ def create_model(
     in_channels: int = 3,
     **config: Any,
 ) -> nn.Module:
-    """Build an architecture of the zoo, or a torchvision classifier.
+    """Build an architecture of the zoo, a torchvision classifier or a timm model.
 
     Args:
-        name: a name from :func:`list_models`, or ``"torchvision:<name>"``.
+        name: a name from :func:`list_models`, ``"torchvision:<name>"`` or ``"timm:<name>"``.
         num_classes: number of classes (labels for ``multilabel``; 1 or 2 for ``binary``).
         task: ``"multiclass"``, ``"multilabel"`` or ``"binary"``.
         in_channels: input channels (features per step for recurrent models).
         **config: architecture options (widths, activation, batchnorm, input_size, ...);
-            for torchvision, ``weights="DEFAULT"`` asks for pretrained weights (downloaded).
+            for torchvision, ``weights="DEFAULT"`` (or an enum name such as
+            ``"IMAGENET1K_V1"``) asks for pretrained weights: taken from the torch hub cache
+            or downloaded, and read without unpickling code (see :mod:`xaikit.zoo.sources`).
+            For timm the options go to ``timm.create_model`` (random weights; for timm's
+            pretrained weights use ``xaikit.load_model("timm:<name>", pretrained=True)``).
 
     Returns:
         The model, in train mode, with ``model.spec`` holding the arguments that rebuild it.
     """
     if name.startswith(TORCHVISION_PREFIX):
         model = _torchvision_model(
-            name[len(TORCHVISION_PREFIX) :], num_classes, task, in_channels, **config
+            name[len(TORCHVISION_PREFIX) :], num_classes, task, in_channels, config
         )
+    elif name.startswith(TIMM_PREFIX):
+        model = _timm_model(name[len(TIMM_PREFIX) :], num_classes, task, in_channels, config)
     else:
         info = arch_info(name)
         try:
@@ -145,13 +156,11 @@ def create_model(
 
 
 def _torchvision_model(
-    name: str,
-    num_classes: int,
-    task: str,
-    in_channels: int,
-    weights: str | None = None,
-    **config: Any,
+    name: str, num_classes: int, task: str, in_channels: int, config: dict[str, Any]
 ) -> nn.Module:
+    """A torchvision classifier. With ``config["weights"]`` the pretrained weights are
+    loaded by :func:`xaikit.zoo.sources.pretrained_torchvision`, which adds to ``config`` the
+    options those weights imply (so ``model.spec`` rebuilds the same network)."""
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
@@ -164,18 +173,51 @@ def _torchvision_model(
         raise XaikitConfigError("torchvision classifiers are multi-class models")
     if in_channels != 3:
         raise XaikitConfigError("torchvision classifiers take 3 input channels")
-    if weights is not None and num_classes != 1000:
-        raise XaikitConfigError(
-            "pretrained torchvision weights have 1000 ImageNet classes; pass num_classes=1000"
-        )
+    if config.get("weights") is not None:
+        # torchvision's own loader (weights.get_state_dict) runs the full unpickler in some
+        # versions; ours reads the same file with torch.load(weights_only=True).
+        from xaikit.zoo.sources import pretrained_torchvision  # sources imports this module
+
+        return pretrained_torchvision(name, num_classes, config)
+    options = {k: v for k, v in config.items() if k != "weights"}
     try:
-        return torchvision.models.get_model(
-            name, weights=weights, num_classes=num_classes, **config
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
+    except TypeError as err:
+        raise XaikitConfigError(f"torchvision:{name}: {err}") from None
+
+
+def require_timm(name: str | None = None) -> ModuleType:
+    """The ``timm`` module, or one clear line saying how to install it; with ``name``, also
+    check that timm has that model (``"resnet18"`` or ``"resnet18.a1_in1k"``)."""
+    try:
+        import timm
+    except ImportError:
+        raise XaikitConfigError("timm is not installed; pip install 'xaikit[timm]'") from None
+    if name is not None and not timm.is_model(name):
+        hint = name.split(".")[0].split("_")[0]
+        raise XaikitConfigError(
+            f"timm has no model {name!r}; list them with timm.list_models('*{hint}*')"
         )
-    except (OSError, RuntimeError) as err:
-        # urllib's URLError is an OSError: there is no network or the server refused.
-        raise CheckpointError(
-            f"could not download pretrained weights for torchvision:{name} ({err}); "
-            "xaikit needs a network connection for pretrained torchvision weights, "
-            "or use random weights (omit weights=)"
-        ) from None
+    return timm
+
+
+def _timm_model(
+    name: str, num_classes: int, task: str, in_channels: int, config: dict[str, Any]
+) -> nn.Module:
+    """A timm model with random weights (``timm.create_model(..., pretrained=False)``)."""
+    timm = require_timm(name)
+    if task != "multiclass":
+        raise XaikitConfigError("timm classifiers are multi-class models")
+    if config.get("pretrained"):
+        # timm.create_model(pretrained=True) downloads and may torch.load a pickle itself.
+        raise XaikitConfigError(
+            f"for timm's pretrained weights use xaikit.load_model('timm:{name}', "
+            "pretrained=True) (read from the Hugging Face cache, safetensors only)"
+        )
+    options = {k: v for k, v in config.items() if k != "pretrained"}
+    try:
+        return timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **options
+        )
+    except TypeError as err:
+        raise XaikitConfigError(f"timm:{name}: {err}") from None

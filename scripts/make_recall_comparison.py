@@ -2,14 +2,15 @@
 
 The reference LSTM and the RNN beside it are trained by the ordinary command line::
 
-    xaikit train --recipe models/recall-lstm.toml --out runs/recall-lstm
-    xaikit train --recipe models/recall-rnn.toml --out runs/recall-rnn
-    python models/make_recall_comparison.py
+    xaikit train --recipe xaikit/models/recall-lstm.toml --out runs/recall-lstm
+    xaikit train --recipe xaikit/models/recall-rnn.toml --out runs/recall-rnn
+    python scripts/make_recall_comparison.py
 
-This script loads the trained LSTM, re-saves it as ``models/recall-lstm`` with every field of
-its card kept and a ``comparison`` field added (the RNN's test metrics and parameter count), and
-copies the LSTM's ``curves.png``. :func:`xaikit.save_model` writes the same weights and records
-their SHA-256 afresh, so card and weights still belong together.
+This script loads the trained LSTM, re-saves it as ``xaikit/models/recall-lstm`` (the reference
+models ship inside the package) with every field of its card kept and a ``comparison`` field
+added (the RNN's test metrics and parameter count), and copies the LSTM's ``curves.png``.
+:func:`xaikit.save_model` writes the same weights and records their SHA-256 afresh, so card and
+weights still belong together.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import xaikit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the repository (this file is scripts/<name>.py)
+MODELS = ROOT / "xaikit" / "models"
 # Fields that save_model derives from the model itself; everything else in the card is kept.
 DERIVED = (
     "format",
@@ -53,12 +55,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lstm", type=Path, default=ROOT / "runs" / "recall-lstm")
     parser.add_argument("--rnn", type=Path, default=ROOT / "runs" / "recall-rnn")
-    parser.add_argument("--out", type=Path, default=ROOT / "models" / "recall-lstm")
+    parser.add_argument("--out", type=Path, default=MODELS / "recall-lstm")
     args = parser.parse_args()
 
     model, card = xaikit.load_model(args.lstm / "model")
     fields = {k: v for k, v in card.items() if k not in DERIVED}
-    fields["comparison"] = {"rnn": comparison_entry(args.rnn, "models/recall-rnn.toml")}
+    fields["comparison"] = {"rnn": comparison_entry(args.rnn, "xaikit/models/recall-rnn.toml")}
     weights = xaikit.save_model(model, args.out, **fields)
     shutil.copyfile(args.lstm / "curves.png", args.out.with_name(args.out.name + ".curves.png"))
     rnn = fields["comparison"]["rnn"]
