@@ -21,9 +21,10 @@ from xaikit.zoo.registry import TIMM_PREFIX, TORCHVISION_PREFIX
 from xaikit.zoo.sources import source_kind
 
 MODEL_HELP = (
-    "a reference model name (see `xaikit zoo`), a checkpoint path (.safetensors), "
-    "'torchvision:<name>', 'timm:<name>', or an architecture name (random weights unless "
-    "--weights or --pretrained)"
+    "a reference model name (see `xaikit zoo`; a bare name always means the shipped model, "
+    "even where the current folder holds a file of that name: write ./NAME for a local "
+    "one), a checkpoint path or folder (.safetensors + card), 'torchvision:<name>', "
+    "'timm:<name>', or an architecture name (random weights unless --weights or --pretrained)"
 )
 WEIGHTS_HELP = (
     "weights for --model: a .safetensors file or a PyTorch state dict (.pth, .pt, .bin, "

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         params = sum(p.numel() for p in model.parameters())
         print(f"  {name:<14} {info.input_kind:<9} {params:>9,}  {info.description}")
     print("  torchvision:<name>  any torchvision classifier, e.g. torchvision:resnet18")
+    print("  timm:<name>         any timm model (pip install 'xaikit[timm]'), e.g. timm:deit_tiny")
     print()
     shipped = list_shipped_models()
     print(f"Reference models ({shipped_models_dir()}):")

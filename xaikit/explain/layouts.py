@@ -294,7 +294,8 @@ def layout_for(
     raise XaikitConfigError(
         f"layer {layer!r} outputs (N, {seen}) for {size} inputs: {why}; choose a layer "
         "whose output is a spatial map (`xaikit layers` shows each layout), or pass "
-        "reshape='nchw'|'nhwc'|'tokens' or a callable (N, ...) -> (N, C, H, W)"
+        "--reshape / reshape= nchw, nhwc or tokens (in Python also a callable "
+        "(N, ...) -> (N, C, H, W))"
     )
 
 
