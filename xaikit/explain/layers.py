@@ -276,10 +276,16 @@ def _path_check(
 
 
 def _is_logits_conv(module: nn.Module, num_outputs: int | None) -> bool:
+    """A 1x1 convolution, or a linear layer over tokens, with one channel per class: its
+    output is a map of class scores (SqueezeNet's classifier, VOLO's token-labelling head),
+    not of features."""
+    if num_outputs is None:
+        return False
+    if isinstance(module, nn.Linear):
+        return module.out_features == num_outputs
     return (
         isinstance(module, (nn.Conv1d, nn.Conv2d))
         and all(k == 1 for k in module.kernel_size)
-        and num_outputs is not None
         and module.out_channels == num_outputs
     )
 
@@ -317,10 +323,10 @@ def explain_choices(
         if row.order < 0:
             reason = "never ran"
         elif after_logits:
-            reason = "after the logits convolution"
+            reason = "after a map of class scores"
         elif _is_logits_conv(module, num_outputs) and row.layout is not None:
-            # A squeeze-excitation 1x1 conv on (N, C, 1, 1) is no logits map.
-            reason = "a logits convolution"
+            # A squeeze-excitation 1x1 conv on (N, C, 1, 1), or the head, is no logits map.
+            reason = "a map of class scores (logits)"
             after_logits = True
         elif row.layout is None:
             reason = "not a map of the input"
