@@ -58,12 +58,16 @@ def run(folder: Path, out: Path, fast: bool) -> None:
     result = train_recipe(recipe, out / "run", device="cpu", quiet=True)
     print(f"trained: test accuracy {result.metrics['test_accuracy']:.3f} -> {result.checkpoint}")
 
-    test = load(data, "test", size=size)
+    # The model was trained on inputs normalized by the train split's statistics (as the
+    # card records): explain those, and draw the raw pixels.
+    test = load(data, "test", size=size, normalize=True)
+    pictures = load(data, "test", size=size)
     picks = torch.linspace(0, len(test) - 1, 4 if fast else 8).long().tolist()
-    images = torch.stack([test[i][0] for i in picks])
-    maps = explain(result.model, images, method=["gradcam", "layercam", "saliency"])
+    inputs = torch.stack([test[i][0] for i in picks])
+    images = torch.stack([pictures[i][0] for i in picks])
+    maps = explain(result.model, inputs, method=["gradcam", "layercam", "saliency"])
     with torch.no_grad():
-        predicted = result.model(images).argmax(dim=1).tolist()
+        predicted = result.model(inputs).argmax(dim=1).tolist()
     captions = [
         f"{test.classes[int(test.targets[i])]} -> {test.classes[p]}"
         for i, p in zip(picks, predicted)

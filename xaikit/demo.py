@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from xaikit._names import DEMO_MODELS
 from xaikit._version import __version__
 from xaikit.errors import CheckpointError, XaikitConfigError
 from xaikit.explain.api import explain
@@ -54,12 +55,6 @@ from xaikit.viz.report_figures import (
 )
 from xaikit.viz.report_gallery import image_explanations, marker_steps, temporal_maps
 from xaikit.zoo.checkpoint import CARD_SUFFIX, WEIGHTS_SUFFIX, shipped_models_dir
-
-DEMO_MODELS = {
-    "shapes-multiclass": "shapes",
-    "shapes-multilabel": "shapes-multilabel",
-    "recall-lstm": "recall",
-}
 
 
 @dataclass(frozen=True)

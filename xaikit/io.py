@@ -3,45 +3,82 @@
 Every file xaikit writes (checkpoints, cards, figures, JSON, HTML) goes through
 :func:`atomic_path` or :func:`atomic_write_text`: the data is written to a temporary file in
 the same folder, flushed to disk, then renamed over the target in one step.
+
+Permissions: the temporary file is created with mode ``0o666`` passed to ``open(2)``, so the
+kernel applies the process umask (and any default ACL) exactly as for an ordinary
+``open(path, "w")``. xaikit never reads or sets the umask itself: ``os.umask`` can only be read
+by setting it, which races with every other thread creating files.
+
+JSON is strict: :func:`atomic_write_json` and :func:`dumps_json` write NaN and infinities as
+``null`` (``json.dumps`` would write ``NaN``, which no strict parser or browser accepts) and
+report where they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# O_EXCL: never open a file that already exists (e.g. a planted symlink); O_NOFOLLOW likewise.
+_CREATE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+)
+
+
+def _create_temporary(folder: Path, name: str) -> tuple[Path, int]:
+    """A new empty file ``.<name>.<random>.tmp`` in ``folder``, mode ``0o666`` minus the umask;
+    returns it and the permission bits the kernel gave it.
+
+    Like :func:`tempfile.mkstemp`, but mkstemp's fixed ``0o600`` would have to be widened
+    afterwards with a chmod that needs the umask, which cannot be read without changing it.
+    """
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, _CREATE_FLAGS, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        return tmp, mode
+    raise FileExistsError(f"could not create a temporary file for {name} in {folder}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    On an exception the temporary file is removed and ``path`` is left as it was. The file
+    gets the permissions of an ordinary write (``0o666`` minus the umask).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp, mode = _create_temporary(target.parent, target.name)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        # mkstemp creates files readable by their owner only; give the usual permissions.
-        os.chmod(tmp, 0o666 & ~_umask())
+            # A writer that replaced the file (safetensors writes its own 0o600 temporary and
+            # renames it over ours) gets back the mode the kernel gave ours: umask-derived,
+            # never more permissive.
+            if stat.S_IMODE(os.fstat(handle.fileno()).st_mode) != mode and hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), mode)  # (POSIX; Windows has no such modes)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -55,6 +92,41 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def finite_json(obj: Any) -> tuple[Any, list[str]]:
+    """``obj`` with every NaN / infinite float replaced by ``None``, and where they were.
+
+    Dicts, lists and tuples are walked; the places are JSON-path-like strings such as
+    ``"$.images[0].score"``, for a caller that wants to flag them. Other values are kept.
+    """
+    where: list[str] = []
+
+    def walk(value: Any, at: str) -> Any:
+        if isinstance(value, float):  # numpy float64 too: it subclasses float
+            if math.isfinite(value):
+                return value
+            where.append(at)
+            return None
+        if isinstance(value, dict):
+            return {k: walk(v, f"{at}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v, f"{at}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return walk(obj, "$"), where
+
+
+def dumps_json(obj: Any, **options: Any) -> str:
+    """``json.dumps(obj, **options)`` as strict JSON: non-finite floats become ``null``."""
+    clean, _ = finite_json(obj)
+    return json.dumps(clean, allow_nan=False, **options)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> list[str]:
+    """Write ``obj`` as indented, strict JSON to ``path`` atomically.
+
+    NaN and infinities are written as ``null``; returns where they were (see
+    :func:`finite_json`), empty when there were none.
+    """
+    clean, where = finite_json(obj)
+    atomic_write_text(path, json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    return where

@@ -67,12 +67,14 @@ def _write_class_images(folder, colours):
 
 
 def test_image_folder_classes_are_sorted_subfolders(tmp_path):
-    _write_class_images(tmp_path / "dog", [(255, 0, 0), (250, 0, 0)])
-    _write_class_images(tmp_path / "cat", [(0, 0, 255)])
+    # Three images per class: the default 70/15/15 split gives each split one of each (the
+    # folder used to be returned whole for every split, so "test" was the training images).
+    _write_class_images(tmp_path / "dog", [(255, 0, 0), (250, 0, 0), (245, 0, 0)])
+    _write_class_images(tmp_path / "cat", [(0, 0, 255)] * 3)
     (tmp_path / "cat" / "readme.txt").write_text("not an image")
     dataset = load(f"imagefolder:{tmp_path}", "test", size=16)
     assert dataset.classes == ["cat", "dog"]
-    assert dataset.targets.tolist() == [0, 1, 1]
+    assert dataset.targets.tolist() == [0, 1]
     x, y = dataset[0]
     assert x.shape == (3, 16, 16) and int(y) == 0
     torch.testing.assert_close(x[:, 5, 5], torch.tensor([0.0, 0.0, 1.0]))
@@ -82,21 +84,24 @@ def test_image_folder_classes_are_sorted_subfolders(tmp_path):
 def test_image_folder_with_split_subfolders(tmp_path):
     _write_class_images(tmp_path / "train" / "a", [(0, 0, 0)] * 3)
     _write_class_images(tmp_path / "train" / "b", [(9, 9, 9)] * 2)
+    _write_class_images(tmp_path / "test" / "a", [(0, 0, 0)])
     _write_class_images(tmp_path / "test" / "b", [(9, 9, 9)])
     train = load(f"imagefolder:{tmp_path}", "train")
+    val = load(f"imagefolder:{tmp_path}", "val")  # no val/: one of each class drawn from train/
     test = load(f"imagefolder:{tmp_path}", "test")
-    assert (len(train), len(test)) == (5, 1)
-    assert train.classes == test.classes == ["a", "b"]
-    assert test.targets.tolist() == [1]
+    assert (len(train), len(val), len(test)) == (3, 2, 2)
+    assert train.classes == val.classes == test.classes == ["a", "b"]
+    assert test.targets.tolist() == [0, 1] and not set(train.files) & set(val.files)
 
 
 def test_image_folder_errors_name_the_folder_or_file(tmp_path):
     with pytest.raises(DataError, match="no class subfolders"):
         load(f"imagefolder:{tmp_path}")
     (tmp_path / "a").mkdir()
-    with pytest.raises(DataError, match="hold no image files"):
+    with pytest.raises(DataError, match="class 'a' has no images"):
         load(f"imagefolder:{tmp_path}")
-    (tmp_path / "a" / "broken.png").write_text("text")
+    for i in range(3):
+        (tmp_path / "a" / f"broken{i}.png").write_text("text")
     dataset = load(f"imagefolder:{tmp_path}")
-    with pytest.raises(DataError, match="broken.png is not an image"):
+    with pytest.raises(DataError, match=r"broken\d.png is not an image"):
         dataset[0]

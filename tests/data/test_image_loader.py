@@ -180,12 +180,40 @@ def test_normalization_from_a_model_card_is_applied(tmp_path):
         load_image(path, channels=3, normalization={"mean": [0.1, 0.2], "std": [1.0, 1.0]})
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    img = Image.new("RGB", (4, 2), (255, 0, 0))
+@pytest.mark.parametrize(
+    ("orientation", "shape", "corner"),
+    [
+        (1, (3, 16, 32), "top-left"),  # as stored
+        (3, (3, 16, 32), "bottom-right"),  # "rotate 180 to display"
+        (6, (3, 32, 16), "top-right"),  # "rotate 90 CW to display"
+        (8, (3, 32, 16), "bottom-left"),  # "rotate 90 CCW to display"
+    ],
+)
+@pytest.mark.parametrize("ext", ["jpg", "png"])
+def test_exif_orientation_is_applied(tmp_path, orientation, shape, corner, ext):
+    """A 32x16 (W x H) picture, blue with a red 8x8 block in its stored top-left corner: after
+    the EXIF rotation the block sits in the corner the orientation tag sends it to and every
+    other corner stays blue (JPEG: within compression error)."""
+    pixels = np.zeros((16, 32, 3), dtype=np.uint8)
+    pixels[..., 2] = 255
+    pixels[:8, :8] = (255, 0, 0)
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    path = _save(img, tmp_path / "phone.jpg", exif=exif)
-    assert load_image(path).shape == (3, 4, 2)
+    exif[0x0112] = orientation
+    options = {"quality": 95} if ext == "jpg" else {}
+    path = _save(Image.fromarray(pixels), tmp_path / f"phone.{ext}", exif=exif, **options)
+    x = load_image(path)
+    assert x.shape == shape
+    h, w = shape[1:]
+    corners = {
+        "top-left": x[:, 2, 2],
+        "top-right": x[:, 2, w - 3],
+        "bottom-left": x[:, h - 3, 2],
+        "bottom-right": x[:, h - 3, w - 3],
+    }
+    tolerance = 0.1 if ext == "jpg" else 0.0
+    for name, rgb in corners.items():
+        expected = [1.0, 0.0, 0.0] if name == corner else [0.0, 0.0, 1.0]
+        torch.testing.assert_close(rgb, torch.tensor(expected), atol=tolerance, rtol=0)
 
 
 def test_one_pixel_image_loads_and_min_size_is_a_separate_check(tmp_path):

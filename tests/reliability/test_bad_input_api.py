@@ -99,17 +99,17 @@ def test_data_load_bad_names_and_options_raise_data_error(name, split, options, 
 
 def test_image_folder_with_a_bad_file_names_it_when_read(tmp_path):
     for label in ("cats", "dogs"):
-        write_image(tmp_path / label / "a.png", seed=1)
+        for name in ("a", "b", "c"):  # one image per split at least
+            write_image(tmp_path / label / f"{name}.png", seed=1)
     broken = bad_image(tmp_path / "dogs", "text-named-png")
-    dataset = xaikit.data.load(f"imagefolder:{tmp_path}", size=16)
-    good = dataset[0][0]
-    assert good.shape == (3, 16, 16)
     errors = []
-    for i in range(len(dataset)):
-        try:
-            dataset[i]
-        except xaikit.DataError as err:
-            errors.append(str(err))
+    for split in ("train", "val", "test"):  # the broken file is in one of them
+        dataset = xaikit.data.load(f"imagefolder:{tmp_path}", split, size=16)
+        for i in range(len(dataset)):
+            try:
+                assert dataset[i][0].shape == (3, 16, 16)
+            except xaikit.DataError as err:
+                errors.append(str(err))
     assert len(errors) == 1 and str(broken) in errors[0]
 
 

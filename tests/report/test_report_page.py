@@ -277,7 +277,7 @@ def test_binary_model_on_an_image_folder(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("cat", "dog"):
         (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(3):
+        for i in range(20):  # the held-out test split: 15 %, 3 per class
             pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.png")
     data = f"imagefolder:{tmp_path / 'data'}"

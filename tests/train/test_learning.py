@@ -29,11 +29,19 @@ def test_multiclass_cnn_learns_the_quadrant_task(synth):
 
 
 def test_multiclass_evaluation_reports_top5_for_more_than_five_classes(synth):
-    x, y = synth.quadrant_images(64)
-    trainer = Trainer(synth.small_cnn(7), quiet=True)
-    result = trainer.evaluate((x, y))
-    assert 0.0 <= result["accuracy"] <= result["top5_accuracy"] <= 1.0
-    assert torch.tensor(result["confusion_matrix"]).shape == (7, 7)
+    """A constructed case: the logits are (6, 5, ..., 0) for every image, so the prediction
+    is class 0 and the top five are classes 0-4; labels cycle through the 7 classes."""
+    x, _ = synth.quadrant_images(64)
+    y = torch.arange(64) % 7  # class 0: 10 images, classes 1-6: 9 each
+    model = synth.small_cnn(7)
+    with torch.no_grad():
+        model.head.fc.weight.zero_()
+        model.head.fc.bias.copy_(torch.arange(6.0, -1.0, -1.0))
+    result = Trainer(model, quiet=True).evaluate((x, y))
+    assert result["accuracy"] == 10 / 64
+    assert result["top5_accuracy"] == (10 + 4 * 9) / 64  # labels 0-4
+    assert result["confusion_matrix"] == [[n] + [0] * 6 for n in (10, 9, 9, 9, 9, 9, 9)]
+    assert result["per_class_accuracy"][0] == 1.0 and result["per_class_accuracy"][1:] == [0.0] * 6
 
 
 def test_multilabel_cnn_learns_independent_labels(synth):

@@ -34,6 +34,29 @@ def quadrant_heatmap(h: int = 16, w: int = 16) -> torch.Tensor:
     return heat
 
 
+def quadrant_contrast(pixels: np.ndarray, figure: Figure) -> float:
+    """Mean red-minus-blue of the top-left quarter of a saved figure's image, minus that of
+    its bottom-right quarter (central halves of the quarters, clear of the blurred edge).
+
+    ``pixels`` is the ``(H, W, 3)`` PNG of ``figure``'s layout; the image is its first axes.
+    """
+    height, width = pixels.shape[:2]
+    box = figure.axes[0].get_position()
+    top, bottom = (1 - box.y1) * height, (1 - box.y0) * height
+    left, right = box.x0 * width, box.x1 * width
+    h, w = bottom - top, right - left
+
+    def red_minus_blue(row: float, col: float) -> float:
+        """Over the central half of the quarter whose top-left is at ``(row, col)`` (in
+        fractions of the image)."""
+        r0, r1 = int(top + (row + 0.125) * h), int(top + (row + 0.375) * h)
+        c0, c1 = int(left + (col + 0.125) * w), int(left + (col + 0.375) * w)
+        patch = pixels[r0:r1, c0:c1].astype(float)
+        return float((patch[..., 0] - patch[..., 2]).mean())
+
+    return red_minus_blue(0.0, 0.0) - red_minus_blue(0.5, 0.5)
+
+
 @pytest.fixture
 def photo() -> torch.Tensor:
     return torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -174,10 +197,16 @@ def test_save_overlay_figure_writes_a_png_of_the_expected_size(tmp_path, photo):
     width, height = (int(inches * 80) for inches in expected_size.get_size_inches())
     with Image.open(path) as png:
         assert png.format == "PNG" and png.size == (width, height)
-        pixels = np.asarray(png.convert("RGB")).reshape(-1, 3)
-    # the overlay's hot quadrant is in the picture
-    hot = np.round(0.5 * np.array(colormap_color("jet", 1.0)))
-    assert (np.abs(pixels.astype(int) - hot).max(axis=1) <= 80).any()
+        pixels = np.asarray(png.convert("RGB"))
+    # the overlay's hot quadrant is in the picture, where the image's top-left quarter is
+    # (jet's red end: red minus blue about 128 higher there than in the bottom-right quarter)
+    assert quadrant_contrast(pixels, expected_size) > 100
+    # the check is not met by any overlay at all: an all-zero heatmap is blue everywhere
+    cold = save_overlay_figure(
+        tmp_path / "cold.png", image, torch.zeros(16, 16), title="cat (p=0.93)", dpi=80
+    )
+    with Image.open(cold) as png:
+        assert abs(quadrant_contrast(np.asarray(png.convert("RGB")), expected_size)) < 20
     no_bar = save_overlay_figure(tmp_path / "plain.png", image, quadrant_heatmap(), colorbar=False)
     with Image.open(no_bar) as png:
         assert png.size[0] < width * 100 / 80

@@ -4,6 +4,12 @@ Each command lives in its own module of this package with four names:
 ``NAME`` (the sub-command), ``HELP`` (one line for ``xaikit --help``),
 ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
 
+Every command's parser is built before the command line is parsed, so a command module's
+top-level imports stay light: no torch, numpy, matplotlib, PIL, tqdm, ... (seconds, paid
+by ``xaikit --version`` and every ``--help``). Names that help texts list come from
+:mod:`xaikit._names`; ``run`` and its helpers import the library where they use it.
+``tests/cli/test_startup.py`` checks this.
+
 Exit codes: 0 success; 2 bad usage or input (one line on stderr, no traceback);
 1 an internal error (a bug: the traceback is printed).
 """

@@ -11,14 +11,15 @@ import argparse
 import ast
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from xaikit.errors import XaikitConfigError
-from xaikit.zoo.checkpoint import load_model
-from xaikit.zoo.registry import TIMM_PREFIX, TORCHVISION_PREFIX
-from xaikit.zoo.sources import source_kind
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# xaikit.zoo (torch) is imported inside the functions that load a model: every command's
+# parser is built with add_model_argument, and `xaikit <command> --help` must not pay for it.
 
 MODEL_HELP = (
     "a reference model name (see `xaikit zoo`; a bare name always means the shipped model, "
@@ -80,6 +81,8 @@ def parse_options(pairs: Sequence[str], flag: str = "--model-option") -> dict[st
 def is_plain_checkpoint(args: argparse.Namespace) -> bool:
     """``--model`` is a checkpoint or reference model loaded as it is (no --weights,
     --pretrained or --model-option)."""
+    from xaikit.zoo.sources import source_kind
+
     return (
         source_kind(str(args.model)) == "checkpoint"
         and getattr(args, "weights", None) is None
@@ -103,6 +106,9 @@ def load_cli_model(
     Random weights are announced once on stderr, so nobody reads heatmaps of an untrained
     network by mistake.
     """
+    from xaikit.zoo.checkpoint import load_model
+    from xaikit.zoo.registry import TIMM_PREFIX, TORCHVISION_PREFIX
+
     if isinstance(spec, argparse.Namespace):
         args = spec
         spec = str(args.model)
@@ -127,6 +133,8 @@ def load_cli_model(
 
 def input_shape(card: dict[str, Any], override: str | None = None) -> tuple[int, ...]:
     """The per-sample input shape: ``--input-shape C,H,W`` or the model card's."""
+    from xaikit.zoo.registry import TIMM_PREFIX, TORCHVISION_PREFIX
+
     if override:
         try:
             shape = tuple(int(v) for v in override.replace("x", ",").split(","))

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from xaikit.cli._common import input_shape, parse_options
-from xaikit.data.normalization import check_normalization
 from xaikit.errors import DataError, XaikitConfigError
-from xaikit.zoo.checkpoint import CARD_SUFFIX, load_model, save_model
-from xaikit.zoo.sources import IMAGENET_NORMALIZATION, imagenet_categories
+
+# The data and zoo modules (torch, safetensors) are imported where they are used, so that
+# building the parser and `xaikit convert --help` stay fast.
 
 NAME = "convert"
 HELP = "turn a weights file (.pth/.pt/.bin/.ckpt/.safetensors) into an xaikit checkpoint"
@@ -114,6 +114,8 @@ def read_class_names(path: str) -> list[str]:
 
 
 def _normalization(args: argparse.Namespace, card: dict[str, Any]) -> dict[str, Any] | None:
+    from xaikit.zoo.sources import IMAGENET_NORMALIZATION
+
     if args.normalization and (args.mean or args.std):
         raise XaikitConfigError("give --normalization or --mean/--std, not both")
     if args.normalization == "imagenet":
@@ -126,6 +128,8 @@ def _normalization(args: argparse.Namespace, card: dict[str, Any]) -> dict[str, 
 
 
 def _class_names(args: argparse.Namespace, card: dict[str, Any]) -> list[str] | None:
+    from xaikit.zoo.sources import imagenet_categories
+
     if args.preset == "imagenet":
         names = imagenet_categories()
     elif args.class_names:
@@ -141,6 +145,9 @@ def _class_names(args: argparse.Namespace, card: dict[str, Any]) -> list[str] | 
 
 
 def run(args: argparse.Namespace) -> int:
+    from xaikit.data.normalization import check_normalization
+    from xaikit.zoo.checkpoint import CARD_SUFFIX, load_model, save_model
+
     # Everything is checked before the model is built and before anything is written.
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from xaikit.demo import DEMO_MODELS, run_demo
+from xaikit._names import DEMO_MODELS
 
 NAME = "demo"
 HELP = "the main job offline: heatmaps, filters, quality figures and an HTML report in DIR"
@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xaikit.demo import run_demo  # torch and the whole pipeline: only when the demo runs
+
     result = run_demo(
         args.out,
         fast=args.fast,

@@ -10,17 +10,19 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from xaikit._names import DEFAULT_BASELINES, DEFAULT_STEPS, DELETION_BASELINES
 from xaikit._version import __version__
 from xaikit.cli._common import add_model_argument, input_shape, load_cli_model
 from xaikit.errors import DataError, XaikitConfigError
-from xaikit.evaluate.perturbation import BASELINES as DELETION_BASELINES
-from xaikit.evaluate.perturbation import DEFAULT_STEPS
-from xaikit.evaluate.suite import DEFAULT_BASELINES, evaluate_methods
 from xaikit.io import atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and xaikit.evaluate are imported inside the functions that use them: the parser's
+# defaults come from xaikit._names, so `xaikit evaluate --help` needs neither.
 
 NAME = "evaluate"
 HELP = "explanation quality figures (deletion/insertion AUC, pointing game, sanity checks)"
@@ -103,6 +105,8 @@ def _load_data(name: str, n: int, seed: int, shape: tuple[int, ...]):
 
 def _batch(dataset, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(inputs (N, C, H, W), targets, masks (N, K, H, W) or None)`` of the first n items."""
+    import torch
+
     count = min(n, len(dataset))
     items = [dataset[i] for i in range(count)]
     inputs = torch.stack([item[0] for item in items])
@@ -127,6 +131,10 @@ def _json_safe(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from xaikit.evaluate.suite import evaluate_methods
+
     methods = _split_list(args.method, "method")
     baselines = [] if args.baselines.strip() == "none" else _split_list(args.baselines, "baselines")
     model, card = load_cli_model(args, device=args.device)

@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
+from xaikit._names import JOURNAL, METHODS, RESHAPE_CHOICES, RESULTS
 from xaikit.cli._common import add_model_argument, input_shape, load_cli_model
 from xaikit.errors import XaikitConfigError
-from xaikit.explain.engine import METHODS
-from xaikit.explain.files import JOURNAL, RESULTS, TargetSpec, explain_files
-from xaikit.explain.layouts import RESHAPE_CHOICES
-from xaikit.explain.targets import KEYWORDS
-from xaikit.train.loaders import resolve_device
+
+if TYPE_CHECKING:
+    from xaikit.explain.files import TargetSpec
+
+# xaikit.explain (torch, matplotlib) and tqdm are imported inside the functions that use
+# them; the help text's names come from xaikit._names, so `xaikit explain --help` is fast.
 
 NAME = "explain"
 HELP = "heatmaps for images or folders: overlay PNGs, .npy maps and results.json"
@@ -146,6 +146,8 @@ def parse_target(text: str) -> TargetSpec:
     comma list becomes a list of indices and names (those classes for every image), anything
     else is a class name looked up in the model card's ``class_names``.
     """
+    from xaikit.explain.targets import KEYWORDS
+
     text = text.strip()
     if not text:
         raise XaikitConfigError(
@@ -183,10 +185,15 @@ def _model_info(spec: str, card: dict[str, Any]) -> dict[str, Any]:
 
 
 def _report(source: str, reason: str) -> None:
+    from tqdm.auto import tqdm  # loaded already by the run; write() keeps progress bars intact
+
     tqdm.write(f"xaikit: error: {reason}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
+    from xaikit.explain.files import explain_files
+    from xaikit.train.loaders import resolve_device
+
     methods = parse_methods(args.method)
     target = parse_target(args.target)
     device = resolve_device(args.device)

@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 import html
 from pathlib import Path
-from typing import Any
-
-from torch.utils.data import Dataset, Subset
+from typing import TYPE_CHECKING, Any
 
 from xaikit.cli._common import add_model_argument, load_cli_model
-from xaikit.data import load
 from xaikit.errors import XaikitConfigError
-from xaikit.filters import activations, atlas, exemplars, maximize, weights
-from xaikit.filters._common import fetch_inputs
-from xaikit.filters._plot import figure_png, image_png
 from xaikit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+# torch, xaikit.data and xaikit.filters (matplotlib) are imported inside the functions that
+# use them, so that building the parser and `xaikit filters --help` stay fast.
 
 NAME = "filters"
 HELP = "inspect learned filters: kernels, feature maps, maximization, exemplars, atlas"
@@ -75,6 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
+def load(name: str, split: str = "train", **options: Any) -> Dataset:
+    """:func:`xaikit.data.load`, imported on the first call.
+
+    A name of this module (not a local import in :func:`_dataset`) so that a test can give
+    the command a data set of its own.
+    """
+    from xaikit.data import load as load_dataset
+
+    return load_dataset(name, split, **options)
+
+
 def parse_channels(text: str | None) -> list[int] | None:
     """``"0,3,8-11"`` -> ``[0, 3, 8, 9, 10, 11]``; ``None`` -> ``None`` (all)."""
     if text is None:
@@ -97,6 +108,8 @@ def parse_channels(text: str | None) -> list[int] | None:
 
 
 def _dataset(name: str | None, mode: str, n: int | None) -> Dataset | None:
+    from torch.utils.data import Subset
+
     if name is None:
         if mode in NEEDS_DATA:
             raise XaikitConfigError(f"--mode {mode} needs --data (a data set name, e.g. shapes)")
@@ -111,6 +124,8 @@ def _dataset(name: str | None, mode: str, n: int | None) -> Dataset | None:
 
 def _normalization(card: dict[str, Any], dataset: Dataset | None) -> Any:
     """The model card's normalization; without one in the card, the data set's."""
+    from torch.utils.data import Subset
+
     if "normalization" in card:
         return card["normalization"]
     source = dataset.dataset if isinstance(dataset, Subset) else dataset
@@ -130,6 +145,10 @@ def _write_png(out: Path, name: str, data: bytes, files: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xaikit.filters import activations, atlas, exemplars, maximize, weights
+    from xaikit.filters._common import fetch_inputs
+    from xaikit.filters._plot import figure_png, image_png
+
     channels = parse_channels(args.channels)
     model, card = load_cli_model(args, device=args.device)
     dataset = _dataset(args.data, args.mode, args.n)

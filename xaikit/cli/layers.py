@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from xaikit.cli._common import add_model_argument, input_shape, load_cli_model
-from xaikit.explain.layers import choose_layer, explain_choices, trace
 
 NAME = "layers"
 HELP = (
@@ -37,6 +34,11 @@ def _fmt_shape(shape: tuple[int, ...] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: building the parser (and --help) must not import torch.
+    import torch
+
+    from xaikit.explain.layers import choose_layer, explain_choices, trace
+
     model, card = load_cli_model(args)
     shape = input_shape(card, args.input_shape)
     # Seeded noise, not zeros: on a blank input ReLUs are dead and every gradient is 0.

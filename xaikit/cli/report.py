@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xaikit._names import REPORT_METHODS as DEFAULT_METHODS
+from xaikit._names import REPORT_SEQUENCE_METHODS as SEQUENCE_METHODS
 from xaikit.cli._common import add_model_argument, is_plain_checkpoint, load_cli_model
 from xaikit.errors import XaikitConfigError
-from xaikit.viz.report import DEFAULT_METHODS, SEQUENCE_METHODS, build_report
 
 NAME = "report"
 HELP = "write one self-contained HTML report: card, curves, metrics, heatmaps, filters, quality"
@@ -123,6 +124,8 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xaikit.viz.report import build_report  # torch, matplotlib: only when a report is built
+
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise XaikitConfigError(f"--out must be an .html file, got {args.out!r}")

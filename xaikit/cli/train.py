@@ -1,14 +1,24 @@
-"""``xaikit train``: train a zoo architecture on a data set, from flags or a recipe."""
+"""``xaikit train``: train a zoo architecture on a data set, from flags or a recipe.
+
+What it prints is what a user needs to trust the numbers: the test figures with the number of
+held-out samples they were measured on, which epoch the saved model is and why, and for an
+image folder where the list of train / val / test files is (``split.json``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import ast
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xaikit.errors import XaikitConfigError
-from xaikit.train.recipe import Recipe, train_recipe
+
+if TYPE_CHECKING:
+    from xaikit.train.recipe import Recipe
+
+# xaikit.train (torch) is imported inside the functions that use it, so that building the
+# parser and `xaikit train --help` stay fast.
 
 NAME = "train"
 HELP = "train a model of the zoo and write its checkpoint, model card, history and curves"
@@ -18,7 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipe", metavar="FILE.toml", help="a training recipe (flags override it)"
     )
-    parser.add_argument("--data", "-d", metavar="D", help="data set name (see xaikit.data)")
+    parser.add_argument(
+        "--data",
+        "-d",
+        metavar="D",
+        help="data set name (shapes, digits, ...; see xaikit.data) or imagefolder:DIR, a folder "
+        "of class subfolders split per class 70/15/15 into train/val/test by --seed (change "
+        "with --data-option fractions=0.8,0.1,0.1), or DIR/train, DIR/val, DIR/test as given",
+    )
     parser.add_argument("--model", "-m", metavar="ARCH", help="architecture (see `xaikit zoo`)")
     parser.add_argument("--epochs", type=int, metavar="N", help="number of epochs")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
@@ -28,7 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--momentum", type=float, help="SGD momentum")
     parser.add_argument("--scheduler", choices=["step", "cosine", "onecycle", "none"])
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="seeds weights, shuffling and a folder's split")
+    parser.add_argument(
+        "--monitor",
+        metavar="KEY",
+        help="the logged value that picks the kept epoch, e.g. val_loss (default: val_accuracy "
+        "for classifiers; ties go to the lower val_loss)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT/last exactly where it stopped"
@@ -65,6 +88,8 @@ def _parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe file (if any) with every flag the user gave laid over it."""
+    from xaikit.train.recipe import Recipe
+
     if args.recipe:
         recipe = Recipe.from_toml(args.recipe)
     else:
@@ -85,6 +110,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         "momentum": args.momentum,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "monitor": args.monitor,
     }
     recipe.train_options.update({k: v for k, v in flags.items() if v is not None})
     if args.scheduler:
@@ -98,7 +124,32 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _units(count: int, kind: str | None) -> str:
+    noun = {"signal": "signal", "sequence": "sequence"}.get(str(kind), "image")
+    return f"{count} held-out {noun}{'' if count == 1 else 's'}"
+
+
+def kept_line(selection: dict[str, Any] | None) -> str:
+    """``kept epoch 3 of 5 (best val_loss 0.4120)``: which epoch the saved model is and why."""
+    if not selection:
+        return "kept epoch ? (unknown)"
+    head = f"kept epoch {selection['epoch']} of {selection['of']}"
+    if selection.get("monitor") is None:
+        return f"{head} (the last: no validation data to choose by)"
+    why = f"best {selection['monitor']} {_fmt(float(selection['value']))}"
+    tied = selection.get("tied_with") or []
+    if tied and selection.get("tiebreak"):
+        epochs = ", ".join(str(e) for e in tied)
+        why += (
+            f", tied with epoch{'s' if len(tied) > 1 else ''} {epochs}: kept for the lower "
+            f"{selection['tiebreak']} {_fmt(float(selection['tiebreak_value']))}"
+        )
+    return f"{head} ({why})"
+
+
 def run(args: argparse.Namespace) -> int:
+    from xaikit.train.recipe import train_recipe
+
     recipe = recipe_from_args(args)
     out = Path(args.out)
     try:
@@ -109,9 +160,18 @@ def run(args: argparse.Namespace) -> int:
             f"(continue with --resume)"
         )
         return 130
+    samples = result.metrics.get("test_samples")
+    kind = result.input_kind
     for key, value in result.metrics.items():
-        if not isinstance(value, list):
-            print(f"{key:<22} {_fmt(value)}")
+        if isinstance(value, list) or key == "test_samples":
+            continue
+        line = f"{key:<22} {_fmt(value)}"
+        if key.startswith("test_") and isinstance(samples, int):
+            line += f" (on {_units(samples, kind)})"
+        print(line)
+    print(kept_line(result.selection))
     print(f"checkpoint: {result.checkpoint}")
     print(f"history:    {', '.join(str(p) for p in result.history_files.values())}")
+    if result.split_file is not None:
+        print(f"split:      {result.split_file} (the files of train, val and test)")
     return 0

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from xaikit.zoo.checkpoint import list_shipped_models, read_card, shipped_models_dir
-from xaikit.zoo.registry import arch_info, create_model, list_models
-
 NAME = "zoo"
 HELP = "list the architectures and the shipped reference models"
 
@@ -26,6 +23,10 @@ def _headline(metrics: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: building the parser (and --help) must not import torch.
+    from xaikit.zoo.checkpoint import list_shipped_models, read_card, shipped_models_dir
+    from xaikit.zoo.registry import arch_info, create_model, list_models
+
     print("Architectures (xaikit.create_model(name, ...)):")
     print(f"  {'name':<14} {'input':<9} {'params':>9}  description")
     for name in list_models():

@@ -16,16 +16,28 @@ PIL's ``L``); ``channels=3`` repeats a grey channel. ``size`` resizes with antia
 interpolation to ``(size, size)`` (aspect ratio not kept) or ``(H, W)``. ``normalization`` is the
 model card's ``{"mean": [...], "std": [...]}``.
 
+Only those formats are decoded (:data:`IMAGE_FORMATS`): PIL tells the format by the file's
+content, whatever its name, but is only allowed to try these. A file holding anything else -
+PostScript/EPS (which PIL would hand to Ghostscript, an interpreter of a programming language),
+TGA, SGI, PCX, DDS, SPIDER, ... - is refused, even when it is called ``photo.png``.
+
 Every problem with the file raises :class:`~xaikit.errors.DataError` naming the file and the
-reason: missing, a folder, empty, not an image, truncated or corrupt, or so large that it is
-refused before decoding (``max_pixels``, default 50 million pixels, guards against
-decompression bombs; PIL's own bomb check is turned into the same error).
+reason: missing, a folder, empty, not an image in an allowed format, truncated or corrupt
+(any error of the decoder, whatever its type), or so large that it is refused before decoding
+(``max_pixels``, default 50 million pixels, guards against decompression bombs; PIL's own bomb
+check is turned into the same error). Non-finite values of float (``F``) images become 0 (NaN,
+-inf) or 1 (+inf), so every image is finite.
+
+Memory: the pixels are converted and resized a strip of rows at a time, so reading a large
+file holds PIL's pixels and the result, and a ``size`` (or :func:`read_image_with_preview`'s
+bounded picture) no full-size float32 copy at all.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,7 +50,15 @@ from xaikit.data.normalization import Normalization, check_normalization, normal
 from xaikit.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+#: The PIL formats xaikit decodes, the documented ones: ``Image.open(..., formats=...)`` tries
+#: only these, by content. Everything else PIL knows (EPS runs Ghostscript) is never tried.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
+# What an opened image may report as its format: PIL's JPEG opener returns multi-picture
+# JPEGs (cameras, phones) as "MPO", which is still a JPEG decoded by the same code.
+_DECODED_FORMATS = frozenset((*IMAGE_FORMATS, "MPO"))
 MAX_PIXELS = 50_000_000
+# Rows converted to float32 at a time: bounds the temporary copies of a large image to a strip.
+_STRIP_ROWS = 256
 _LUMA = (0.299, 0.587, 0.114)
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -67,7 +87,9 @@ def _to_array(img: Image.Image) -> np.ndarray:
         array = np.asarray(img).astype(np.float32) / 65535.0
         return np.clip(array, 0.0, 1.0)[..., None]
     if mode == "F":
-        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)[..., None]
+        # NaN would pass np.clip and reach the model, the scores and results.json.
+        array = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        return np.clip(array, 0.0, 1.0)[..., None]
     if mode == "P":
         mode_to = "RGBA" if "transparency" in img.info else "RGB"
         img, mode = img.convert(mode_to), mode_to
@@ -89,8 +111,78 @@ def _to_array(img: Image.Image) -> np.ndarray:
     return array
 
 
-def _decode(path: Path, max_pixels: int) -> np.ndarray:
-    """Open, check the size before decoding, decode fully; errors become :class:`DataError`."""
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """``PIL.Image.open`` limited to :data:`IMAGE_FORMATS` (by content, whatever the name).
+
+    The one place xaikit opens image files; PIL's own errors are raised as they are (an
+    :class:`~PIL.UnidentifiedImageError` for a file in any other format). :func:`read_image`
+    and :func:`load_image` add the checks and turn every error into :class:`DataError`.
+    """
+    img = Image.open(path, formats=IMAGE_FORMATS)
+    if img.format not in _DECODED_FORMATS:  # defence in depth: an opener returned another kind
+        img.close()
+        raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
+    return img
+
+
+class _Target(NamedTuple):
+    """One version of the image :func:`_decode` makes: its channels (None: the file's) and a
+    function of the file's ``(H, W)`` giving its size."""
+
+    channels: int | None
+    size: Callable[[tuple[int, int]], tuple[int, int]]
+
+
+def _horizontal(strip: torch.Tensor, width: int) -> torch.Tensor:
+    """The width pass of :func:`resize_image` on a strip of rows."""
+    if strip.shape[-1] == width:
+        return strip
+    size = (int(strip.shape[1]), width)
+    return F.interpolate(
+        strip[None], size=size, mode="bilinear", antialias=True, align_corners=False
+    )[0]
+
+
+def _strips(img: Image.Image, targets: Sequence[_Target]) -> list[torch.Tensor]:
+    """A decoded PIL image -> every target, a strip of rows at a time.
+
+    Each strip is converted (:func:`_to_array`, :func:`convert_channels`) and resized in width,
+    then each target is resized in height. PyTorch's antialiased bilinear resize is separable
+    and runs exactly these two passes (width, then height), so the values equal those of
+    :func:`resize_image` on the whole image - but only PIL's pixels and the width-resized
+    targets are held, never a full-size float32 copy of an image that is scaled down.
+    """
+    width, height = img.size
+    sizes = [target.size((height, width)) for target in targets]
+    partial: list[torch.Tensor | None] = [None] * len(targets)
+    for top in range(0, height, _STRIP_ROWS):
+        bottom = min(top + _STRIP_ROWS, height)
+        rows = _to_array(img.crop((0, top, width, bottom)) if height > _STRIP_ROWS else img)
+        strip = torch.from_numpy(np.ascontiguousarray(rows.transpose(2, 0, 1)))
+        for k, (target, (_, out_width)) in enumerate(zip(targets, sizes)):
+            part = strip if target.channels is None else convert_channels(strip, target.channels)
+            part = _horizontal(part, out_width)
+            held = partial[k]
+            if held is None:  # the channel count is known from the first strip
+                held = partial[k] = torch.empty(part.shape[0], height, out_width, dtype=part.dtype)
+            held[:, top:bottom] = part
+    images = []
+    for image, out_size in zip(partial, sizes):
+        assert image is not None  # height >= 1 was checked
+        if out_size != (height, width):
+            image = F.interpolate(
+                image[None], size=out_size, mode="bilinear", antialias=True, align_corners=False
+            )[0].clamp_(0.0, 1.0)  # the height pass; clamped as resize_image does
+        images.append(image.contiguous())
+    return images
+
+
+def _decode(
+    path: Path, max_pixels: int, targets: Sequence[_Target]
+) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    """Open (allowed formats only), check the size before decoding, decode fully -> every
+    target ``(C, H, W)`` float32 and the file's ``(H, W)``; every error becomes
+    :class:`DataError` naming the file."""
     if not path.exists():
         raise DataError(f"image file {path} does not exist")
     if path.is_dir():
@@ -104,14 +196,16 @@ def _decode(path: Path, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise DataError(refused.format(w=width, h=height))
                 if width < 1 or height < 1:
                     raise DataError(f"image file {path} has no pixels ({width}x{height})")
                 img.load()  # decode now: a truncated or corrupt file fails here
-                return _to_array(ImageOps.exif_transpose(img))
+                # In place: the default returns a copy, a second full set of PIL's pixels.
+                ImageOps.exif_transpose(img, in_place=True)
+                return _strips(img, targets), (img.height, img.width)
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -120,11 +214,15 @@ def _decode(path: Path, max_pixels: int) -> np.ndarray:
         ) from None
     except UnidentifiedImageError:
         raise DataError(
-            f"{path} is not an image file that can be read (supported: "
-            f"{', '.join(e.lstrip('.').upper() for e in IMAGE_EXTENSIONS)})"
+            f"{path} is not an image file that can be read: its content is none of the "
+            f"allowed formats {', '.join(IMAGE_FORMATS)} (whatever its name)"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as error:
-        raise DataError(f"image file {path} is truncated or corrupt: {error}") from None
+    except Exception as error:  # any decoder failure is this file's problem
+        # PIL's plugins raise whatever their parsing meets: OSError, SyntaxError, ValueError,
+        # struct.error, ZeroDivisionError, NotImplementedError (DDS), AttributeError (SPIDER),
+        # even MemoryError for a crafted header. One bad file must not end a folder run.
+        kind = type(error).__name__
+        raise DataError(f"image file {path} is truncated or corrupt: {kind}: {error}") from None
 
 
 def _resolve_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -160,6 +258,11 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+def _check_channels(channels: int | None) -> None:
+    if channels is not None and channels not in (1, 3):
+        raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+
+
 def read_image(
     path: str | os.PathLike[str],
     *,
@@ -172,16 +275,59 @@ def read_image(
     ``channels`` None keeps the file's (1 for grey, 3 for colour); ``size`` None keeps its size.
     Use this for overlays; :func:`load_image` for model inputs.
     """
-    path = Path(path)
     target_size = _resolve_size(size)
-    array = _decode(path, max_pixels)
-    original_size = (int(array.shape[0]), int(array.shape[1]))
-    image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-    if channels is not None:
-        image = convert_channels(image, channels)
-    if target_size is not None:
-        image = resize_image(image, target_size)
-    return RawImage(image.contiguous(), original_size)
+    _check_channels(channels)
+    target = _Target(channels, (lambda own: own) if target_size is None else lambda _: target_size)
+    (image,), original_size = _decode(Path(path), max_pixels, [target])
+    return RawImage(image, original_size)
+
+
+class PreviewedImage(NamedTuple):
+    """:func:`read_image_with_preview`: the image, a bounded picture of it, the file's size.
+
+    ``image`` ``(C, H, W)`` float32 in ``[0, 1]`` (as :func:`read_image` gives it); ``preview``
+    ``(c, h, w)`` float32 in ``[0, 1]``, the file's channels, longer side at most the limit;
+    ``original_size`` ``(H, W)`` of the file.
+    """
+
+    image: torch.Tensor
+    preview: torch.Tensor
+    original_size: tuple[int, int]
+
+
+def fit_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``(H, W)`` scaled down, aspect kept, so the longer side is at most ``max_side``."""
+    height, width = size
+    if max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def read_image_with_preview(
+    path: str | os.PathLike[str],
+    *,
+    channels: int | None = None,
+    size: int | tuple[int, int] | None = None,
+    preview_side: int = 2048,
+    max_pixels: int = MAX_PIXELS,
+) -> PreviewedImage:
+    """Read an image file once for a model and for drawing: ``image`` is exactly
+    :func:`read_image`'s with ``channels`` and ``size``; ``preview`` the file at its own size
+    and channels, scaled down (antialiased bilinear) when its longer side exceeds
+    ``preview_side``. A large file costs PIL's pixels and the scaled versions, not a full-size
+    float32 copy (e.g. ~0.4 GB instead of ~0.8 GB for 7000 x 7000 RGB).
+    """
+    target_size = _resolve_size(size)
+    _check_channels(channels)
+    if preview_side < 1:
+        raise DataError(f"preview_side must be positive, got {preview_side!r}")
+    targets = [
+        _Target(channels, (lambda own: own) if target_size is None else lambda _: target_size),
+        _Target(None, lambda own: fit_size(own, preview_side)),
+    ]
+    (image, preview), original_size = _decode(Path(path), max_pixels, targets)
+    return PreviewedImage(image, preview, original_size)
 
 
 def load_image(

@@ -4,7 +4,8 @@ Names: ``shapes``, ``shapes-multilabel``, ``digits``, ``mnist1d``, ``recall`` (g
 bundled, offline), ``mnist``, ``fashion-mnist``, ``cifar10`` (torchvision files), and the
 patterns ``imagefolder:<dir>`` and ``idx:<dir>`` for a user's own files. Each loader's
 keyword-only parameters are its options; an unknown name, split or option raises
-:class:`~xaikit.errors.DataError` listing the valid ones.
+:class:`~xaikit.errors.DataError` listing the valid ones. Every data set has a ``train`` and a
+``test`` split; ``imagefolder:<dir>`` also has ``val`` (see :func:`dataset_splits`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from xaikit.data.base import XaiDataset
 from xaikit.data.digits import load_digits_dataset
-from xaikit.data.folders import load_idx_folder, load_image_folder
+from xaikit.data.folders import FOLDER_SPLITS, load_idx_folder, load_image_folder
 from xaikit.data.mnist1d import load_mnist1d
 from xaikit.data.sequences import load_recall
 from xaikit.data.shapes import load_shapes, load_shapes_multilabel
@@ -25,6 +26,9 @@ from xaikit.data.vision import VISION_SETS, load_vision
 from xaikit.errors import DataError
 
 SPLITS = ("train", "test")
+#: Data sets with more splits than :data:`SPLITS`: an image folder is split three ways so a
+#: trainer picks its epoch on ``val`` and reports ``test`` (see :mod:`xaikit.data.folders`).
+_SPLITS_OF_PATTERN = {"imagefolder": FOLDER_SPLITS}
 _INT_OPTIONS = ("n", "size", "seed", "length", "num_classes", "channels")
 _FLOAT_OPTIONS = ("test_fraction",)
 
@@ -85,6 +89,13 @@ def dataset_info(name: str) -> DatasetInfo:
     raise DataError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
 
 
+def dataset_splits(name: str) -> tuple[str, ...]:
+    """The splits :func:`load` accepts for ``name``: ``("train", "test")``, or
+    ``("train", "val", "test")`` for ``imagefolder:<dir>``, whose ``val`` is its own."""
+    prefix, colon, _ = name.partition(":") if isinstance(name, str) else ("", "", "")
+    return _SPLITS_OF_PATTERN.get(prefix, SPLITS) if colon else SPLITS
+
+
 def _options_of(loader: Callable[..., XaiDataset]) -> dict[str, inspect.Parameter]:
     parameters = inspect.signature(loader).parameters.values()
     return {p.name: p for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
@@ -113,7 +124,8 @@ def load(name: str, split: str = "train", **options: Any) -> XaiDataset:
     Returns a :class:`~xaikit.data.base.XaiDataset` (a torch ``Dataset`` with ``classes``,
     ``task``, ``input_kind``, ``normalization`` and ``targets``); items are
     ``(input, target)`` or ``(input, target, mask)`` for data sets with ground truth.
-    ``split`` is ``"train"`` or ``"test"``. Generated data sets are deterministic in ``seed``.
+    ``split`` is ``"train"`` or ``"test"`` (or ``"val"`` where :func:`dataset_splits` has it).
+    Generated data sets are deterministic in ``seed``.
     """
     info = dataset_info(name)
     loader = info.loader
@@ -122,8 +134,9 @@ def load(name: str, split: str = "train", **options: Any) -> XaiDataset:
         if not folder:
             raise DataError(f"{info.name} needs a folder after the colon, e.g. {info.name}")
         loader = partial(loader, folder)
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r} for data set {name!r}; use one of {SPLITS}")
+    splits = dataset_splits(name)
+    if split not in splits:
+        raise DataError(f"unknown split {split!r} for data set {name!r}; use one of {splits}")
     accepted = _options_of(loader)
     unknown = sorted(set(options) - set(accepted))
     if unknown:

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from xaikit._names import DEFAULT_STEPS
+from xaikit._names import DELETION_BASELINES as BASELINES
 from xaikit.errors import XaikitConfigError
 from xaikit.evaluate._common import (
     Normalization,
@@ -49,9 +51,6 @@ from xaikit.evaluate.blur import gaussian_blur
 from xaikit.evaluate.metadata import MetricInfo, metric_info
 from xaikit.explain.state import borrowed, model_device
 from xaikit.zoo.heads import get_task
-
-BASELINES = ("zeros", "blur", "mean")
-DEFAULT_STEPS = 32
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xaikit._names import DEFAULT_BASELINES
 from xaikit.errors import XaikitConfigError
 from xaikit.evaluate._common import (
     Explainer,
@@ -39,8 +40,6 @@ from xaikit.evaluate.pointing import energy_pointing_game, pointing_game
 from xaikit.evaluate.sanity import class_contrast, randomization_check
 from xaikit.explain.adapter import ExplainWarning
 from xaikit.explain.state import model_device
-
-DEFAULT_BASELINES = ("random", "gaussian")
 
 
 def summarize(values: torch.Tensor) -> dict[str, float | int]:

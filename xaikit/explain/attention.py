@@ -80,11 +80,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from xaikit._names import ATTENTION_METHODS
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.layouts import model_hints, read_layout
 from xaikit.explain.state import borrowed
 
-ATTENTION_METHODS: tuple[str, ...] = ("attention-rollout", "attention-gradients")
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
 _OPTIONS: dict[str, tuple[str, ...]] = {

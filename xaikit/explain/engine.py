@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xaikit._names import GRADIENT_NAMES, SCORE_CAM_METHODS
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.adapter import ExplainWarning, InputKey, ModelAdapter, OutputSelector
 from xaikit.explain.attention import ATTENTION_METHODS, attention_map, options_of
@@ -45,16 +46,6 @@ from xaikit.explain.state import borrowed
 from xaikit.explain.targets import resolve_targets
 from xaikit.warn import warn_user
 
-SCORE_CAM_METHODS = ("scorecam", "scorecam-fast")
-GRADIENT_NAMES = (
-    "saliency",
-    "inputxgrad",
-    "ig",
-    "smoothgrad",
-    "guided-backprop",
-    "guided-gradcam",
-    "occlusion",
-)
 #: The built-in method names (methods added to ``CAM_METHODS`` later are accepted too).
 METHODS = (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES, *ATTENTION_METHODS)
 

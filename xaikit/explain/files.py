@@ -5,7 +5,8 @@
 normalization, runs :func:`xaikit.explain.api.explain` once per batch for every method and
 target, and writes each image's outputs as soon as its batch is done. Only one batch of
 images and maps is ever in memory, so a folder of any size streams with bounded memory
-(about ``batch_size`` x the largest image, kept as uint8 for the overlays).
+(about ``batch_size`` x the largest image, kept as uint8 for the overlays, and scaled down to
+:data:`~xaikit.viz.overlay.MAX_OVERLAY_SIDE` px on its longer side when it is larger).
 
 Output layout under ``out``::
 
@@ -13,7 +14,9 @@ Output layout under ``out``::
     results.jsonl                the journal: one JSON line per image, appended as it is done
     <key>/                       one folder per image (key: see below)
         <method>.<target>.png          heatmap over the image at the image's ORIGINAL size,
-                                       uint8 RGB, nothing else drawn (pixel-exact)
+                                       uint8 RGB, nothing else drawn (pixel-exact); images
+                                       larger than 2048 px on a side are drawn scaled down
+                                       to 2048 px on the longer side (bounded memory)
         <method>.<target>.figure.png   the same with a title "name (p=0.97) — method" and a
                                        colour bar (longer side scaled into 256..768 px)
         <method>.<target>.npy          float32 (H, W): the normalized map in [0, 1] at the
@@ -65,9 +68,9 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from xaikit._names import JOURNAL, RESULTS
 from xaikit._version import __version__
-from xaikit.data.images import IMAGE_EXTENSIONS, convert_channels, list_images, read_image
-from xaikit.data.images import resize_image as _resize_image
+from xaikit.data.images import IMAGE_EXTENSIONS, list_images, read_image_with_preview
 from xaikit.data.normalization import Normalization, check_normalization, normalize
 from xaikit.errors import DataError, XaikitConfigError, XaikitError
 from xaikit.explain.adapter import ExplainWarning
@@ -75,12 +78,10 @@ from xaikit.explain.api import explain
 from xaikit.explain.cam import CAM_METHODS
 from xaikit.explain.engine import SCORE_CAM_METHODS, check_methods
 from xaikit.explain.result import Explanation
-from xaikit.io import atomic_path, atomic_write_text
+from xaikit.io import atomic_path, atomic_write_text, dumps_json
 from xaikit.viz.colormaps import get_colormap
-from xaikit.viz.overlay import overlay, overlay_figure
+from xaikit.viz.overlay import MAX_OVERLAY_SIDE, display_pixels, overlay, overlay_figure
 
-RESULTS = "results.json"
-JOURNAL = "results.jsonl"
 TargetSpec = str | int | Sequence[int | str]
 
 _FIGURE_MIN, _FIGURE_MAX, _FIGURE_DPI = 256, 768, 100
@@ -192,7 +193,8 @@ def collect_images(
 class _Loaded:
     source: ImageSource
     input: torch.Tensor  # (C, H, W) normalized model input
-    display: torch.Tensor  # (c, H0, W0) uint8, the file at its own size and channels
+    display: torch.Tensor  # (c, H', W') uint8, the file's channels, at most MAX_OVERLAY_SIDE
+    original_size: tuple[int, int]  # (H0, W0) of the file
 
 
 def load_for_model(
@@ -204,18 +206,32 @@ def load_for_model(
 
     Returns ``(input, display)``: ``input`` ``(C, H, W)`` float32 with the card's channels,
     size and normalization (the same values as :func:`xaikit.data.images.load_image`);
-    ``display`` ``(c, H0, W0)`` uint8 at the file's own size and channels.
+    ``display`` ``(c, H0, W0)`` uint8 at the file's own size and channels, scaled down to
+    :data:`~xaikit.viz.overlay.MAX_OVERLAY_SIDE` on the longer side when larger.
 
     Raises:
         DataError: the file is missing or cannot be read (the message names it).
     """
+    image, display, _ = _read_for_model(path, input_shape, normalization)
+    return image, display
+
+
+def _read_for_model(
+    path: str | os.PathLike[str],
+    input_shape: Sequence[int],
+    normalization: Normalization | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """:func:`load_for_model` and the file's ``(H0, W0)``."""
     channels, height, width = (int(v) for v in input_shape)
-    raw = read_image(path)
-    display = (raw.image * 255.0).round_().to(torch.uint8)
-    image = _resize_image(convert_channels(raw.image, channels), (height, width))
+    # Bounded: a 7000 x 7000 file keeps a 2048 px picture, not 150 MB of uint8 per image, and is
+    # never held as a full-size float32 copy (the same input values as load_image).
+    read = read_image_with_preview(
+        path, channels=channels, size=(height, width), preview_side=MAX_OVERLAY_SIDE
+    )
+    image = read.image
     if normalization is not None:
         image = normalize(image, normalization)
-    return image.contiguous(), display
+    return image.contiguous(), display_pixels(read.preview), read.original_size
 
 
 # -- targets and names --------------------------------------------------------------------
@@ -258,7 +274,7 @@ class _Journal:
             if not self._ends_with_newline():
                 self.handle.write(b"\n")  # a cut-off last line stays a line of its own
         else:
-            atomic_write_text(path, json.dumps(header) + "\n")
+            atomic_write_text(path, dumps_json(header) + "\n")
             self.handle = open(path, "ab")  # noqa: SIM115 - closed in close()
         self.reader: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed in close()
 
@@ -296,7 +312,7 @@ class _Journal:
 
     def append(self, record: dict[str, Any]) -> None:
         self.offsets[str(record["source"])] = self.handle.tell()
-        self.handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        self.handle.write(dumps_json(record, ensure_ascii=False).encode("utf-8") + b"\n")
         self.handle.flush()
 
     def sync(self) -> None:
@@ -317,7 +333,7 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 
 def _check_same_settings(path: Path, before: Mapping[str, Any], header: Mapping[str, Any]) -> None:
-    now = json.loads(json.dumps(header["settings"]))  # the same JSON round trip as `before`
+    now = json.loads(dumps_json(header["settings"]))  # the same JSON round trip as `before`
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         details = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
@@ -528,7 +544,7 @@ class _Writer:
             "kind": "image",
             "source": str(item.source.path),
             "output_dir": item.source.key,
-            "original_size": list(item.display.shape[-2:]),
+            "original_size": list(item.original_size),
             "targets": targets,
             "outputs": outputs,
         }
@@ -579,11 +595,11 @@ def _write_results(
                 yield record
 
     def block(obj: Any) -> str:
-        return json.dumps(obj, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        return dumps_json(obj, indent=2, ensure_ascii=False).replace("\n", "\n    ")
 
     counts = {"images": 0, "errors": 0}
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write('{\n  "run": ' + json.dumps(run, indent=2).replace("\n", "\n  ") + ",\n")
+        handle.write('{\n  "run": ' + dumps_json(run, indent=2).replace("\n", "\n  ") + ",\n")
         for kind, name in (("image", "images"), ("error", "errors")):
             handle.write(f'  "{name}": [')
             for n, record in enumerate(records(kind)):
@@ -804,12 +820,12 @@ def explain_files(
                 bar.update(1)
                 continue
             try:
-                image, display = load_for_model(source.path, shape, normalization)
+                image, display, size = _read_for_model(source.path, shape, normalization)
             except XaikitError as err:
                 fail(source, str(err))
                 bar.update(1)
                 continue
-            batch.append(_Loaded(source, image, display))
+            batch.append(_Loaded(source, image, display, size))
             if len(batch) == batch_size:
                 flush(batch)
         if batch:

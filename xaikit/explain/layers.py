@@ -63,6 +63,7 @@ class LayerInfo:
     gradient: str | None = None
     excluded: str | None = field(default=None, compare=False)  # why "auto" passes it over
     output_id: int | None = field(default=None, compare=False, repr=False)  # tensor identity
+    passed_id: int | None = field(default=None, compare=False, repr=False)  # what went on
 
 
 _AUTO_CACHE: WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = WeakKeyDictionary()
@@ -139,18 +140,30 @@ def trace(
     finished: dict[str, int] = {}
     outputs: dict[str, list[torch.Tensor]] = {}
     linear_inputs: dict[str, torch.Tensor] = {}
+    originals: dict[str, int] = {}  # id of the tensor each module returned (last call)
     handles = []
 
     def recorder(name: str):
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
             if isinstance(module, nn.Linear) and inputs and isinstance(inputs[0], torch.Tensor):
                 linear_inputs[name] = inputs[0]
             # Re-inserting moves the name to the end: the order is when it last finished.
             finished.pop(name, None)
             finished[name] = len(finished)
             tensor = _first_tensor(output)
-            if tensor is not None:
+            if tensor is None:
+                return None
+            originals[name] = id(tensor)
+            if not (tensor.requires_grad and tensor.is_floating_point()):
                 outputs.setdefault(name, []).append(tensor)
+                return None
+            # Pass on a copy, as a capture passes on its leaf: the gradient then counts only
+            # what reads the output after this module ran (CoaT's parallel blocks hand back
+            # an input that was consumed before them). A copy, not a view: an in-place ReLU
+            # after the module (DenseNet's) must not cut the copy from the graph.
+            passed = tensor.clone()
+            outputs.setdefault(name, []).append(passed)
+            return passed if isinstance(output, torch.Tensor) else (passed, *output[1:])
 
         return hook
 
@@ -172,7 +185,7 @@ def trace(
             scores = _score_tensor(output)
             on_path = {}
             if check_path:
-                source = _gradient_source(scores, outputs, linear_inputs, modules)
+                source = _gradient_source(scores, outputs, linear_inputs, modules, originals)
                 on_path = _path_check(source, outputs, input_size, hints)
     finally:
         for handle in handles:
@@ -205,7 +218,8 @@ def trace(
                 layout=layout,
                 on_path=(on_path[name] == "nonzero") if name in on_path else None,
                 gradient=on_path.get(name),
-                output_id=id(tensors[-1]) if tensors else None,
+                output_id=originals.get(name),
+                passed_id=id(tensors[-1]) if tensors else None,
             )
         )
     ran = sorted((r for r in rows if r.order >= 0), key=lambda r: r.order)
@@ -217,15 +231,26 @@ def _gradient_source(
     outputs: dict[str, list[torch.Tensor]],
     linear_inputs: dict[str, torch.Tensor],
     modules: dict[str, nn.Module],
+    originals: dict[str, int],
 ) -> torch.Tensor | None:
     """What the path check backpropagates from: the scores, or, when the classifier that
     produced them is zero-initialized (timm's Mixer, ResMLP, Hiera; torchvision's ViT) and so
     passes no gradient at all, the classifier's input."""
     if scores is None:
         return None
+    # The tensors that are the scores: what the model returned, and, down the containers
+    # that handed it on (each module passes on a copy), what each one received.
+    same = {id(scores)}
+    changed = True
+    while changed:
+        changed = False
+        for name, calls in outputs.items():
+            if calls and id(calls[-1]) in same and originals.get(name) not in same:
+                same.add(originals[name])
+                changed = True
     for name, tensor in linear_inputs.items():
         produced = outputs.get(name)
-        if produced and produced[-1] is scores:
+        if produced and id(produced[-1]) in same:
             weight = getattr(modules[name], "weight", None)
             if isinstance(weight, torch.Tensor) and not weight.detach().any():
                 return tensor
@@ -275,14 +300,16 @@ def _path_check(
     return reached
 
 
-def _is_logits_conv(module: nn.Module, num_outputs: int | None) -> bool:
+def _is_logits_conv(module: nn.Module, num_outputs: int | None, classifier: bool) -> bool:
     """A 1x1 convolution, or a linear layer over tokens, with one channel per class: its
-    output is a map of class scores (SqueezeNet's classifier, VOLO's token-labelling head),
-    not of features."""
+    output may be a map of class scores (SqueezeNet's classifier, VOLO's token-labelling
+    head), not of features (:func:`explain_choices` also asks that only maps of that width
+    follow it). A linear layer counts only beside a linear classifier of the same width
+    (``classifier``): in a headless model the output width is the features' own."""
     if num_outputs is None:
         return False
     if isinstance(module, nn.Linear):
-        return module.out_features == num_outputs
+        return classifier and module.out_features == num_outputs
     return (
         isinstance(module, (nn.Conv1d, nn.Conv2d))
         and all(k == 1 for k in module.kernel_size)
@@ -315,16 +342,42 @@ def explain_choices(
     """``rows`` with ``excluded`` set to why ``"auto"`` passes over each map-shaped output."""
     modules = dict(model.named_modules())
     attention = _attention_names(modules)
+    classifier = any(
+        isinstance(modules[r.name], nn.Linear)
+        and r.output_shape is not None
+        and len(r.output_shape) == 2
+        and r.output_shape[-1] == num_outputs
+        for r in rows
+    )
+    # A map of class scores comes after every map of features: only parameter-free layers
+    # of its width (a ReLU, then pooling) follow it. `features_after[i]`: a map of features
+    # (another width, or a layer with weights of its own) comes after row i.
+    features_after = [False] * (len(rows) + 1)
+    for i in range(len(rows) - 1, -1, -1):
+        r = rows[i]
+        feature = (
+            r.layout is not None
+            and r.gradient != "none"
+            and (
+                r.layout.channels != num_outputs
+                or any(True for _ in modules[r.name].parameters(recurse=False))
+            )
+        )
+        features_after[i] = features_after[i + 1] or feature
     after_logits = False
     marked = []
-    for row in rows:
+    for index, row in enumerate(rows):
         reason = None
         module = modules[row.name]
         if row.order < 0:
             reason = "never ran"
         elif after_logits:
             reason = "after a map of class scores"
-        elif _is_logits_conv(module, num_outputs) and row.layout is not None:
+        elif (
+            row.layout is not None
+            and not features_after[index + 1]
+            and _is_logits_conv(module, num_outputs, classifier)
+        ):
             # A squeeze-excitation 1x1 conv on (N, C, 1, 1), or the head, is no logits map.
             reason = "a map of class scores (logits)"
             after_logits = True
@@ -355,6 +408,7 @@ def explain_choices(
                 row.gradient,
                 reason,
                 row.output_id,
+                row.passed_id,
             )
         )
     return marked
@@ -409,12 +463,15 @@ def choose_layer(
     best = candidates[-1]
     # A whole-network container (`features`, timm's `stages`) reads better as its last block.
     while best.name in _WHOLE_CONTAINERS:
+        # The child that handed on the very tensor (its gradient may read 0 where an
+        # in-place ReLU after the container rewrote the container's copy: the same map).
         inside = [
             r
-            for r in candidates
-            if r.name.startswith(best.name + ".")
+            for r in marked
+            if r.excluded in (None, "zero gradient on its map")
+            and r.name.startswith(best.name + ".")
             and r.name.count(".") == best.name.count(".") + 1
-            and r.output_id == best.output_id
+            and r.passed_id == best.output_id
         ]
         if not inside:
             break

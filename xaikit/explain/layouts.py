@@ -35,11 +35,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from xaikit._names import RESHAPE_CHOICES
 from xaikit.errors import XaikitConfigError
 
 LayoutName = Literal["nchw", "nhwc", "tokens"]
-#: What ``reshape=`` accepts besides a callable.
-RESHAPE_CHOICES = ("auto", "nchw", "nhwc", "tokens")
 #: A user's own reading of a captured tensor: ``(N, ...) -> (N, C, H, W)``, like
 #: pytorch-grad-cam's ``reshape_transform``.
 ReshapeFn = Callable[[torch.Tensor], torch.Tensor]

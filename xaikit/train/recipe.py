@@ -19,11 +19,19 @@ A recipe has three tables::
 
 ``num_classes``, ``task`` and ``in_channels`` of the model come from the data set unless
 the model table sets them.
+
+A data set with a validation split of its own (``imagefolder:<dir>``, see
+:func:`xaikit.data.registry.dataset_splits`) is used as it is: ``val_fraction`` does not apply,
+the split is seeded by the run's ``seed`` unless the data options set one, items are
+normalized with the train split's statistics unless ``normalize = false``, and the files of
+every split are listed in ``<out>/split.json``.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,7 +41,7 @@ from typing import Any
 import torch
 from torch.utils.data import random_split
 
-from xaikit.errors import XaikitConfigError
+from xaikit.errors import DataError, XaikitConfigError
 from xaikit.io import atomic_write_json
 from xaikit.train.state import commit_staged
 from xaikit.zoo.checkpoint import load_model, save_model
@@ -117,6 +125,13 @@ class TrainingRun:
     metrics: dict[str, Any]
     checkpoint: Path
     history_files: dict[str, Path]
+    #: which epoch the saved model is and why (see :meth:`xaikit.train.Trainer.selection`;
+    #: ``monitor`` is ``None`` when there was no validation data and the last epoch is kept).
+    selection: dict[str, Any] | None = None
+    #: ``<out>/split.json`` for a data set that lists its splits' files, else ``None``.
+    split_file: Path | None = None
+    #: ``"image"``, ``"signal"`` or ``"sequence"``: what the test samples are.
+    input_kind: str | None = None
 
 
 def _split(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any | None]:
@@ -128,6 +143,49 @@ def _split(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any | None]:
     generator = torch.Generator().manual_seed(seed)
     train, val = random_split(dataset, [len(dataset) - n_val, n_val], generator=generator)
     return train, val
+
+
+def data_options(recipe: Recipe, seed: int) -> dict[str, Any]:
+    """The options the data set is loaded with: the recipe's, plus for a data set with its own
+    validation split (an image folder) the run's ``seed`` for the split and ``normalize``."""
+    from xaikit.data.registry import dataset_info, dataset_splits
+
+    options = dict(recipe.data_options)
+    if "val" in dataset_splits(recipe.data):
+        accepted = inspect.signature(dataset_info(recipe.data).loader).parameters
+        if "seed" in accepted:
+            options.setdefault("seed", seed)
+        if "normalize" in accepted:
+            options.setdefault("normalize", True)
+    return options
+
+
+def _check_classes(name: str, dataset: Any) -> None:
+    """A multi-class data set needs two classes or more; say which one there is, and how many
+    images it has, before any training."""
+    classes = list(getattr(dataset, "classes", []) or [])
+    if getattr(dataset, "task", None) != "multiclass" or len(classes) >= 2:
+        return
+    layout = getattr(dataset, "layout", None)
+    if layout is not None:  # an image folder: count every split's images
+        counts = {c: sum(per[c] for per in layout.counts().values()) for c in classes}
+    else:
+        found = torch.bincount(dataset.targets, minlength=len(classes)).tolist()
+        counts = dict(zip(classes, found))
+    listed = ", ".join(f"{c!r}: {n} images" for c, n in counts.items()) or "none"
+    raise DataError(
+        f"data set {name!r} has {len(classes)} class{'' if len(classes) == 1 else 'es'} "
+        f"({listed}); training a classifier needs at least 2 (an image folder needs one "
+        "subfolder per class)"
+    )
+
+
+def _split_files(path: Path) -> Any:
+    """The ``files`` of a ``split.json`` (``None`` if it cannot be read)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def build_model(recipe: Recipe, dataset: Any, seed: int = 0) -> torch.nn.Module:
@@ -162,19 +220,33 @@ def train_recipe(
     ``resume=True`` continues from ``out/last`` exactly where it stopped.
     """
     from xaikit.data import load
+    from xaikit.data.registry import dataset_splits
     from xaikit.train.trainer import Trainer
 
     out = Path(out)
     seed = int(recipe.train_options.get("seed", 0))
-    full_train = load(recipe.data, "train", **recipe.data_options)
-    test = load(recipe.data, "test", **{**recipe.data_options, **recipe.test_options})
-    train, val = _split(full_train, recipe.val_fraction, seed)
+    options = data_options(recipe, seed)
+    full_train = load(recipe.data, "train", **options)
+    _check_classes(recipe.data, full_train)
+    test = load(recipe.data, "test", **{**options, **recipe.test_options})
+    if "val" in dataset_splits(recipe.data):
+        # The data set's own validation split: disjoint from train and test by construction.
+        train, val = full_train, load(recipe.data, "val", **options)
+        val = val if len(val) else None
+    else:
+        train, val = _split(full_train, recipe.val_fraction, seed)
     model = build_model(recipe, full_train, seed)
-    card = {
-        "data": {"name": recipe.data, "options": recipe.data_options},
+    card: dict[str, Any] = {
+        "data": {"name": recipe.data, "options": options},
         "recipe": recipe.to_dict(),
         "seed": seed,
+        # Written here for every architecture: the Trainer can only tell a zoo head's width,
+        # so a torchvision or timm model used to lose its class names.
+        "normalization": getattr(full_train, "normalization", None),
     }
+    classes = list(getattr(full_train, "classes", []) or [])
+    if classes and getattr(model, "spec", {}).get("num_classes") == len(classes):
+        card["class_names"] = classes
     trainer = Trainer(
         model,
         **{"device": device, "quiet": quiet, **recipe.train_options},
@@ -186,9 +258,26 @@ def train_recipe(
         commit_staged(out)  # finish a checkpoint whose commit a crash cut short
     if resume and not last.exists():
         raise XaikitConfigError(f"--resume: no checkpoint to resume from in {out}")
+    split_file = None
+    if hasattr(full_train, "split_manifest"):
+        # Written once every setting is checked (nothing is left behind by a bad flag) and
+        # before the first epoch, so the split can be looked at while training runs.
+        split_file = out / "split.json"
+        manifest = full_train.split_manifest()
+        if resume and split_file.is_file() and _split_files(split_file) != manifest["files"]:
+            # Going on with other files would train on images the first epochs held out.
+            raise XaikitConfigError(
+                f"--resume: the train/val/test files differ from those in {split_file} (the "
+                "seed, fractions or the folder changed); resume with the settings the run "
+                "started with"
+            )
+        atomic_write_json(split_file, manifest)
     trainer.fit(train, val, epochs=recipe.epochs, resume=out / "last" if resume else None)
     history_files = trainer.save_history(out)
     chosen = trainer.best_checkpoint if val is not None else trainer.last_checkpoint
+    selection = trainer.selection() if val is not None and chosen is not None else None
+    if selection is None:  # no validation data (or no usable value): the last epoch
+        selection = {"epoch": trainer.epoch, "of": trainer.epoch, "monitor": None}
     if chosen is not None:
         model, chosen_card = load_model(chosen, device=trainer.device)
         card = {**chosen_card, **card}
@@ -198,6 +287,7 @@ def train_recipe(
     task = trainer.task.name
     metrics = {f"test_{k}": results[k] for k in FINAL_METRICS.get(task, ()) if k in results}
     metrics["test_loss"] = results.get("loss")
+    metrics["test_samples"] = len(test)  # what every test_* figure was measured on
     metrics["epochs"] = trainer.epoch
     for key in ("confusion_matrix", "per_class_accuracy", "per_class_ap"):
         if key in results:
@@ -208,6 +298,9 @@ def train_recipe(
         if k not in ("format", "format_version", "architecture", "config", "task", "weights_file")
         and k not in ("weights_sha256", "xaikit_version", "torch_version", "created", "metrics")
     }
-    checkpoint = save_model(model, out / "model", **{**keep, "metrics": metrics})
+    checkpoint = save_model(
+        model, out / "model", **{**keep, "metrics": metrics, "selection": selection}
+    )
     atomic_write_json(out / "metrics.json", metrics)
-    return TrainingRun(model, metrics, checkpoint, history_files)
+    kind = getattr(test, "input_kind", None)
+    return TrainingRun(model, metrics, checkpoint, history_files, selection, split_file, kind)

@@ -108,6 +108,10 @@ class Trainer:
         monitor: the history key that picks the best checkpoint and drives early stopping;
             ``"auto"`` is ``val_<main metric>`` (``val_accuracy``, ``val_map``) with
             validation data, else ``train_loss``. Keys ending in ``loss`` are minimized.
+            A later epoch replaces the best only if strictly better; an exact tie of a
+            metric goes to the lower loss of the same split (see
+            :mod:`xaikit.train.monitor`), so a saturated ``val_accuracy`` does not pin the
+            first epoch that reached it.
         min_delta: the smallest change of ``monitor`` that counts as an improvement.
         checkpoint_dir: where ``best`` and ``last`` checkpoints go (``None``: nowhere).
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
@@ -365,6 +369,33 @@ class Trainer:
         """The stem of the ``best`` checkpoint once one exists."""
         return self._existing("best")
 
+    def selection(self) -> dict[str, Any] | None:
+        """Which epoch the ``best`` checkpoint holds and why, or ``None`` before any epoch.
+
+        ``{"epoch", "of" (epochs run), "monitor", "mode" ("min"/"max"), "value", "tiebreak",
+        "tiebreak_value", "tied_with"}``: ``tied_with`` lists the earlier epochs whose
+        monitored value was equal, which the tiebreak quantity beat (see
+        :mod:`xaikit.train.monitor`).
+        """
+        monitor = self.monitor
+        if monitor is None or monitor.best_epoch is None:
+            return None
+        tied = [
+            int(r["epoch"])
+            for r in self.history
+            if r["epoch"] < monitor.best_epoch and r.get(monitor.name) == monitor.best
+        ]
+        return {
+            "epoch": monitor.best_epoch,
+            "of": self.epoch,
+            "monitor": monitor.name,
+            "mode": monitor.mode,
+            "value": monitor.best,
+            "tiebreak": monitor.tiebreak if tied else None,
+            "tiebreak_value": monitor.best_tiebreak if tied else None,
+            "tied_with": tied,
+        }
+
     def save_history(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``history.csv``, ``history.json`` and ``curves.png`` into ``directory``."""
         return self.history.save(directory)
@@ -415,7 +446,9 @@ class Trainer:
             record["seconds"] = time.perf_counter() - start
             self.epoch = epoch
             self.history.append(record)
-            improved = self.monitor.update(self._monitored(record), epoch)
+            improved = self.monitor.update(
+                self._monitored(record), epoch, self._tiebreak_value(record)
+            )
             self._save_checkpoints(record, improved, epochs)
             self._report(record, epochs)
             for callback in self.callbacks:
@@ -576,6 +609,12 @@ class Trainer:
                 f"monitor {self.monitor.name!r} is not logged; choose one of {available}"
             )
         return float(record[self.monitor.name])
+
+    def _tiebreak_value(self, record: dict[str, Any]) -> float | None:
+        """The record's value of the monitor's tie-breaking quantity, if it logs one."""
+        assert self.monitor is not None
+        value = record.get(self.monitor.tiebreak) if self.monitor.tiebreak else None
+        return float(value) if isinstance(value, (int, float)) else None
 
     def _monitor_name(self, has_val: bool) -> str:
         name = self.recipe["monitor"]

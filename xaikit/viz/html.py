@@ -100,7 +100,7 @@ def figure_png(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     buffer.seek(0)
-    with Image.open(buffer) as opened:
+    with Image.open(buffer, formats=("PNG",)) as opened:  # matplotlib's own PNG, nothing else
         picture = opened.convert("RGB")
     if max_width is not None and picture.width > max_width:
         height = max(1, round(picture.height * max_width / picture.width))

@@ -10,7 +10,12 @@ The edge of the pipeline where tensors become pixels, so the usual pitfalls are 
 * grayscale, RGB and RGBA inputs, channels first (tensors) or last (arrays);
 * figures are :class:`matplotlib.figure.Figure` objects on an Agg canvas - never pyplot, never
   ``show()`` - so drawing is headless and leaves no global figure behind; files are written
-  atomically.
+  atomically;
+* memory: pixels are converted and blended a strip of rows at a time, so the float64
+  temporaries of the arithmetic cover a strip, never the whole picture (a 7000 x 7000 overlay
+  needs its uint8 output and one float32 copy of the image, not 150 bytes per pixel), and
+  :func:`display_pixels` scales large images down to :data:`MAX_OVERLAY_SIDE` as uint8 for
+  pipelines that keep many pictures (``xaikit explain``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,29 @@ from xaikit.viz.colormaps import CONTOUR_COLOR, apply_colormap, get_colormap
 ArrayLike = np.ndarray | torch.Tensor
 Normalization = Mapping[str, Sequence[float]]
 Size = int | tuple[int, int]
+
+#: The longer side, in pixels, of the pictures :func:`display_pixels` keeps (and so of the
+#: overlays ``xaikit explain`` writes): larger images are scaled down to it, so one picture
+#: costs at most 2048 x 2048 x 3 bytes (12 MiB) whatever the file's size.
+MAX_OVERLAY_SIDE = 2048
+# Rows converted / blended at a time: bounds the float64 temporaries to a strip of the picture.
+_ROWS = 256
+
+
+def display_pixels(image: torch.Tensor, max_side: int | None = MAX_OVERLAY_SIDE) -> torch.Tensor:
+    """An image to keep for drawing: ``(C, H, W)`` float in ``[0, 1]`` -> ``(C, H', W')`` uint8.
+
+    The size is kept when the longer side is at most ``max_side`` (``None``: always), so small
+    images stay pixel-exact; larger ones are scaled down, aspect kept, with antialiased bilinear
+    interpolation in float32 (the full-size image is not copied).
+    """
+    height, width = (int(s) for s in image.shape[-2:])
+    if max_side is not None and max(height, width) > max_side:
+        size = _output_size((height, width), max_side)
+        image = F.interpolate(
+            image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False
+        )[0]
+    return (image * 255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -116,25 +144,33 @@ def to_display_image(
     integer = np.issubdtype(arr.dtype, np.integer)
     if value_range is None:
         value_range = (0.0, float(np.iinfo(arr.dtype).max)) if integer else (0.0, 1.0)
-    arr = arr.astype(np.float64)
-    channels = arr.shape[0]
-    if mean is not None and std is not None:
-        arr = arr * _stats(std, channels, "std") + _stats(mean, channels, "mean")
     low, high = value_range
     if not high > low:
         raise XaikitConfigError(
             f"value_range must be (low, high) with high > low, got {value_range}"
         )
-    arr = (arr - low) / (high - low)
-    if channel_order == "BGR" and channels in (3, 4):
-        arr = np.concatenate([arr[2::-1], arr[3:]])
-    if channels == 1:
-        arr = np.repeat(arr, 3, axis=0)
-    elif channels == 4:
-        arr = arr[:3]
-    elif channels != 3:
-        arr = np.repeat(arr.mean(axis=0, keepdims=True), 3, axis=0)
-    return np.clip(np.nan_to_num(arr), 0.0, 1.0).transpose(1, 2, 0).astype(np.float32)
+    channels = arr.shape[0]
+    scale = shift = None
+    if mean is not None and std is not None:
+        scale, shift = _stats(std, channels, "std"), _stats(mean, channels, "mean")
+    height, width = arr.shape[1:]
+    out = np.empty((height, width, 3), dtype=np.float32)
+    for top in range(0, height, _ROWS):
+        # float64 arithmetic as before, but on a strip: the temporaries stay small.
+        rows = arr[:, top : top + _ROWS].astype(np.float64)
+        if scale is not None and shift is not None:
+            rows = rows * scale + shift
+        rows = (rows - low) / (high - low)
+        if channel_order == "BGR" and channels in (3, 4):
+            rows = np.concatenate([rows[2::-1], rows[3:]])
+        if channels == 1:
+            rows = np.repeat(rows, 3, axis=0)
+        elif channels == 4:
+            rows = rows[:3]
+        elif channels != 3:
+            rows = np.repeat(rows.mean(axis=0, keepdims=True), 3, axis=0)
+        out[top : top + _ROWS] = np.clip(np.nan_to_num(rows), 0.0, 1.0).transpose(1, 2, 0)
+    return out
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
@@ -250,11 +286,17 @@ def overlay(
         value_range=value_range,
     )
     out_size = _output_size(rgb.shape[:2], size)
-    rgb = np.clip(_resize(rgb, out_size, "bilinear"), 0.0, 1.0)
+    if rgb.shape[:2] != out_size:
+        rgb = np.clip(_resize(rgb, out_size, "bilinear"), 0.0, 1.0)
     heat = prepare_heatmap(heatmap, out_size)
-    colours = apply_colormap(heat, cmap).astype(np.float64) / 255.0
-    blended = (1.0 - alpha) * rgb + alpha * colours
-    out = np.clip(np.round(blended * 255.0), 0, 255).astype(np.uint8)
+    out = np.empty((*out_size, 3), dtype=np.uint8)
+    for top in range(0, out_size[0], _ROWS):
+        # A strip at a time: the colormap's lookup and the float64 blend of a whole picture
+        # would cost ~100 bytes per pixel.
+        rows = slice(top, top + _ROWS)
+        colours = apply_colormap(heat[rows], cmap).astype(np.float64) / 255.0
+        blended = (1.0 - alpha) * rgb[rows] + alpha * colours
+        out[rows] = np.clip(np.round(blended * 255.0), 0, 255).astype(np.uint8)
     if mask is not None:
         out[mask_contour(_prepare_mask(mask, out_size), contour_width)] = mask_color
     return out

@@ -41,7 +41,10 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from xaikit._names import REPORT_METHODS as DEFAULT_METHODS
+from xaikit._names import REPORT_SEQUENCE_METHODS as SEQUENCE_METHODS
 from xaikit._version import __version__
+from xaikit.data.images import IMAGE_FORMATS
 from xaikit.data.normalization import denormalize, normalize
 from xaikit.data.registry import dataset_info, load
 from xaikit.errors import XaikitConfigError, XaikitError
@@ -65,8 +68,6 @@ from xaikit.zoo.checkpoint import resolve_checkpoint
 from xaikit.zoo.heads import get_task
 from xaikit.zoo.registry import TORCHVISION_PREFIX
 
-DEFAULT_METHODS = ("gradcam", "gradcam++", "layercam", "saliency")
-SEQUENCE_METHODS = ("gradxinput", "ig", "occlusion")
 SECTION_IDS = (
     "model-card",
     "training",
@@ -550,7 +551,8 @@ def training_section(ctx: ReportContext) -> Section:
     files = training_files(ctx.checkpoint)
     parts = []
     if "curves" in files:
-        with Image.open(files["curves"]) as opened:
+        # Only the documented formats: a downloaded model folder's curves.png may hold anything.
+        with Image.open(files["curves"], formats=IMAGE_FORMATS) as opened:
             png = encode_png(opened.convert("RGB"), max_side=1000)
         parts.append(
             f"<figure>{img(png, 'training curves')}<figcaption>"
