@@ -37,6 +37,9 @@ GRADIENT_NAMES: tuple[str, ...] = (
 ATTENTION_METHODS: tuple[str, ...] = ("attention-rollout", "attention-gradients")
 #: Every built-in method name, as ``xaikit.explain.engine.METHODS``.
 METHODS: tuple[str, ...] = (*CAM_NAMES, *SCORE_CAM_METHODS, *GRADIENT_NAMES, *ATTENTION_METHODS)
+#: Other names accepted for a method: alias -> canonical name (the same map for images,
+#: signals and sequences; ``xaikit.explain.temporal`` accepts the canonical names too).
+METHOD_ALIASES: dict[str, str] = {"gradxinput": "inputxgrad"}
 #: What ``reshape=`` accepts besides a callable.
 RESHAPE_CHOICES: tuple[str, ...] = ("auto", "nchw", "nhwc", "tokens")
 #: The files ``explain_files`` writes in its output folder: the summary and the journal.

@@ -179,3 +179,24 @@ def test_bad_input_exits_2_with_one_line(tmp_path, checkpoint, tiny_data, capsys
     assert "no layer named 'nope'" in capsys.readouterr().err
     assert _run("--model", str(tmp_path / "missing"), "--mode", "weights", "--out", "x") == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_atlas_without_channels_shows_the_eight_most_active(tmp_path, tiny_data):
+    """An atlas maximizes each channel it shows: by default the handful maximize uses, not
+    all of them (the newcomer's 512-channel run)."""
+    from xaikit.filters.maximize import most_active_channels
+
+    torch.manual_seed(0)
+    model = xaikit.create_model("simple_cnn", num_classes=3, input_size=12, widths=(4, 12))
+    normalization = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    checkpoint = save_model(
+        model.eval(), tmp_path / "wide", input_shape=[3, 12, 12], normalization=normalization
+    )
+    out = tmp_path / "atlas"
+    argv = ["--model", str(checkpoint), "--mode", "atlas", "--data", "tiny"]
+    argv += ["--layer", "features.block2", "--k", "2", "--steps", "2", "--out", str(out)]
+    assert _run(*argv) == 0
+    shown = [row["unit"] for row in _index(out)["channels"]]
+    probe = torch.rand(20, 3, 12, 12, generator=torch.Generator().manual_seed(0))[:16]
+    expected = most_active_channels(model, "features.block2", probe, 8, normalization=normalization)
+    assert len(shown) == 8 < 12 and shown == expected

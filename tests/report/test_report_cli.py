@@ -50,7 +50,7 @@ def test_report_command_writes_the_page(tiny_models, tmp_path, capsys):
         (["--model", "no-such-model", "--out", "r.html"], "no-such-model"),
         (["--model", "MODEL", "--out", "r.txt"], "must be an .html file"),
         (["--model", "MODEL", "--out", "r.html", "--n", "0"], "at least 1"),
-        (["--model", "MODEL", "--out", "r.html", "--methods", ","], "--methods is empty"),
+        (["--model", "MODEL", "--out", "r.html", "--methods", ","], "--method is empty"),
         (["--model", "MODEL", "--data", "nope", "--out", "r.html"], "unknown data set 'nope'"),
         (["--model", "MODEL", "--out", "r.html", "--methods", "gradcm"], "unknown method(s)"),
         (["--model", "LSTM", "--out", "r.html", "--methods", "gradcam"], "temporal method(s)"),
@@ -71,7 +71,7 @@ def test_help_explains_the_sections(capsys):
         main(["report", "--help"])
     assert stop.value.code == 0
     text = capsys.readouterr().out
-    for needle in ("--model", "--data", "--out", "--methods", "--layer", "#gallery"):
+    for needle in ("--model", "--data", "--out", "--method", "--layer", "#gallery"):
         assert needle in text
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 import xaikit
 from xaikit.data import load
+from xaikit.data.sampling import balanced_order
 from xaikit.errors import XaikitConfigError
 from xaikit.evaluate import evaluate_methods
 from xaikit.explain.temporal import explain_sequence
@@ -296,11 +297,14 @@ def test_binary_model_on_an_image_folder(tmp_path):
     assert "sanity checks skipped" not in text
     evaluation = section_html(text, "evaluation")
     assert "randomization" in evaluation and "class contrast" in evaluation
-    images = torch.stack([item[0] for item in load(data, "test", size=16)])
+    dataset = load(data, "test", size=16)
+    order = balanced_order(dataset.targets, 0)  # a fixed folder is sampled class-balanced
+    images = torch.stack([dataset[i][0] for i in order])
     with torch.no_grad():
         positive = model.eval()(images).sigmoid()[:, 0]
     shown = re.findall(r"true <b>(\w+)</b><br>pred (\w+) \(([0-9.]+)\)", text)
-    assert [truth for truth, _, _ in shown] == ["cat"] * 3 + ["dog"] * 3
+    assert sorted(truth for truth, _, _ in shown) == ["cat"] * 3 + ["dog"] * 3
+    assert [truth for truth, _, _ in shown] == [dataset.classes[dataset.targets[i]] for i in order]
     for (_, pred, p), pos in zip(shown, positive.tolist()):
         expected = ("dog", pos) if pos >= 0.5 else ("cat", 1 - pos)
         assert (pred, float(p)) == (expected[0], pytest.approx(expected[1], abs=0.006))

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 from typing import NoReturn
 
@@ -75,20 +77,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` of the command line: ``xaikit: warning: <message>``, one line
+    on stderr, without the source location and line Python adds."""
+    text = " ".join(str(message).split())
+    print(f"xaikit: warning: {text}", file=sys.stderr)
+
+
+@contextmanager
+def _cli_warnings() -> Iterator[None]:
+    """Show Python warnings as one-line ``xaikit: warning:`` messages while a command runs."""
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xaikit`` console script; returns the exit code."""
+    from xaikit.cli._common import cli_wording
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return EXIT_OK
-        return int(args._run(args) or EXIT_OK)
+        with _cli_warnings():
+            return int(args._run(args) or EXIT_OK)
     except UsageError as err:
         print(err, file=sys.stderr)
         return EXIT_USAGE
     except XaikitError as err:
-        print(f"xaikit: error: {err}", file=sys.stderr)
+        print(f"xaikit: error: {cli_wording(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("xaikit: interrupted", file=sys.stderr)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from xaikit.errors import XaikitConfigError
+from xaikit.errors import XaikitConfigError, XaikitError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -151,3 +151,109 @@ def input_shape(card: dict[str, Any], override: str | None = None) -> tuple[int,
     if str(card.get("architecture", "")).startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
         return (3, 224, 224)
     raise XaikitConfigError("the model card has no input_shape; pass --input-shape C,H,W")
+
+
+DEVICE_HELP = (
+    "where the model runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:1 or mps "
+    "(default: auto)"
+)
+SIZE_HELP = "image size the data set's images are resized to (default: the model card's input size)"
+DATA_OPTION_HELP = (
+    "an option of the --data loader, e.g. seed=3, size=96 or download=True (repeatable)"
+)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device`` (default ``auto``), the same in every command."""
+    parser.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+
+
+def add_data_option_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--data-option KEY=VALUE`` (repeatable), the same in every command with ``--data``."""
+    parser.add_argument(
+        "--data-option", action="append", default=[], metavar="KEY=VALUE", help=DATA_OPTION_HELP
+    )
+
+
+def cli_device(text: str) -> str:
+    """``--device`` resolved (``auto`` -> ``cuda`` or ``cpu``); a device this machine does not
+    have is a one-line :class:`~xaikit.errors.XaikitConfigError` (exit 2)."""
+    from xaikit.train.loaders import resolve_device
+
+    return str(resolve_device(text))
+
+
+def canonical_methods(names: Sequence[str]) -> list[str]:
+    """Method names with aliases (``gradxinput``) replaced by their canonical name
+    (``inputxgrad``); a one-line note on stderr says so."""
+    from xaikit._names import METHOD_ALIASES
+
+    out = []
+    for name in names:
+        canonical = METHOD_ALIASES.get(name, name)
+        if canonical != name:
+            print(f"xaikit: note: {name!r} is another name of {canonical!r}", file=sys.stderr)
+        out.append(canonical)
+    return out
+
+
+def card_size(card: dict[str, Any], override: int | None = None) -> int | None:
+    """The image size data is resized to: ``--size``, else the card's input size (``None``
+    when the card's input is not an image)."""
+    if override is not None:
+        if override < 1:
+            raise XaikitConfigError(f"--size must be a positive number of pixels, got {override}")
+        return int(override)
+    try:
+        shape = input_shape(card)
+    except XaikitConfigError:
+        return None
+    return int(shape[-1]) if len(shape) == 3 else None
+
+
+def data_options(
+    name: str,
+    pairs: Sequence[str],
+    *,
+    size: int | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The loader options of ``--data NAME``: ``defaults`` and ``size`` where its loader
+    takes them, then ``--data-option`` pairs on top (an unknown key is an error there)."""
+    import inspect
+
+    from xaikit.data import dataset_info
+
+    try:
+        loader = dataset_info(name).loader
+    except XaikitError:  # an unknown name: the loader says so, with the known ones
+        return parse_options(pairs, "--data-option")
+    accepted = {
+        p.name
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    options = {k: v for k, v in (defaults or {}).items() if k in accepted}
+    if size is not None and "size" in accepted:
+        options["size"] = size
+    options.update(parse_options(pairs, "--data-option"))
+    return options
+
+
+#: API wording -> command-line wording, for errors a CLI user sees (the API keeps its own).
+CLI_WORDING: tuple[tuple[str, str], ...] = (
+    (
+        "pass class_names=[...] (the model card's class_names)",
+        'give a class index (e.g. --target 3), or add "class_names" to the model card',
+    ),
+    ("pass data= (--data D)", "pass --data D"),
+    ("pass download=True", "pass --data-option download=True"),
+    ("or root=... to point", "or --data-option root=DIR to point"),
+)
+
+
+def cli_wording(message: str) -> str:
+    """``message`` with Python-argument advice replaced by the flags that do the same."""
+    for api, cli in CLI_WORDING:
+        message = message.replace(api, cli)
+    return message

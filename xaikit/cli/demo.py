@@ -12,6 +12,7 @@ import argparse
 import os
 
 from xaikit._names import DEMO_MODELS
+from xaikit.cli._common import add_device_argument, cli_device
 
 NAME = "demo"
 HELP = "the main job offline: heatmaps, filters, quality figures and an HTML report in DIR"
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument(
         "--threads",
         type=int,
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         fast=args.fast,
         models_dir=args.models_dir,
         seed=args.seed,
-        device=args.device,
+        device=cli_device(args.device),
         threads=args.threads,
         quiet=True if args.quiet else None,
     )

@@ -8,13 +8,22 @@ random and centred-Gaussian baselines, with direction arrows, and writes the sam
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 from typing import TYPE_CHECKING, Any
 
 from xaikit._names import DEFAULT_BASELINES, DEFAULT_STEPS, DELETION_BASELINES
 from xaikit._version import __version__
-from xaikit.cli._common import add_model_argument, input_shape, load_cli_model
+from xaikit.cli._common import (
+    SIZE_HELP,
+    add_data_option_argument,
+    add_device_argument,
+    add_model_argument,
+    canonical_methods,
+    card_size,
+    cli_device,
+    data_options,
+    load_cli_model,
+)
 from xaikit.errors import DataError, XaikitConfigError
 from xaikit.io import atomic_write_json
 
@@ -39,7 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="METHOD",
         help="heatmap method, or several separated by commas (default: gradcam)",
     )
-    parser.add_argument("--n", type=int, default=100, help="test images to use (default: 100)")
+    add_data_option_argument(parser)
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=100,
+        help="test images to use, class-balanced and drawn with --seed (default: 100)",
+    )
+    parser.add_argument("--size", type=int, metavar="PX", help=SIZE_HELP)
     parser.add_argument("--out", metavar="FILE.json", help="write the figures as JSON")
     parser.add_argument("--seed", type=int, default=0, help="data, baseline and randomization seed")
     parser.add_argument(
@@ -74,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-sanity", action="store_true", help="skip the randomization and contrast checks"
     )
     parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -85,30 +101,37 @@ def _split_list(text: str, what: str) -> list[str]:
     return names
 
 
-def _load_data(name: str, n: int, seed: int, shape: tuple[int, ...]):
-    from xaikit.data import dataset_info, load
+def _load_data(name: str, n: int, seed: int, size: int | None, pairs: list[str]):
+    """The test split of ``--data``: a generated set drawn with ``n`` and ``seed``, images at
+    ``size``, ``--data-option`` pairs on top."""
+    from xaikit.data import load
 
     if n < 1:
         raise XaikitConfigError(f"--n must be at least 1, got {n}")
-    loader = dataset_info(name).loader
-    accepted = {
-        p.name
-        for p in inspect.signature(loader).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    options: dict[str, Any] = {key: value for key, value in (("n", n), ("seed", seed))}
-    if "size" in accepted and len(shape) == 3:
-        options["size"] = shape[-1]
-    options = {key: value for key, value in options.items() if key in accepted}
-    return load(name, "test", **options)
+    options = data_options(name, pairs, size=size, defaults={"n": n, "seed": seed})
+    return load(name, "test", **options), "n" in options
 
 
-def _batch(dataset, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(inputs (N, C, H, W), targets, masks (N, K, H, W) or None)`` of the first n items."""
-    import torch
+def _indices(dataset: Any, n: int, seed: int, generated: bool) -> list[int]:
+    """The items scored: a generated data set's first ``n`` (a seeded draw already), else
+    ``n`` class-balanced ones chosen with ``seed``."""
+    from xaikit.data.sampling import balanced_indices, dataset_targets
 
     count = min(n, len(dataset))
-    items = [dataset[i] for i in range(count)]
+    targets = None if generated else dataset_targets(dataset)
+    if targets is None or len(targets) != len(dataset):
+        return list(range(count))
+    return balanced_indices(targets, count, seed)
+
+
+def _batch(
+    dataset: Any, indices: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(inputs (N, C, H, W), targets, masks (N, K, H, W) or None)`` of the items at
+    ``indices``."""
+    import torch
+
+    items = [dataset[i] for i in indices]
     inputs = torch.stack([item[0] for item in items])
     targets = torch.stack([torch.as_tensor(item[1]) for item in items])
     masks = None
@@ -135,17 +158,18 @@ def run(args: argparse.Namespace) -> int:
 
     from xaikit.evaluate.suite import evaluate_methods
 
-    methods = _split_list(args.method, "method")
+    methods = canonical_methods(_split_list(args.method, "method"))
     baselines = [] if args.baselines.strip() == "none" else _split_list(args.baselines, "baselines")
-    model, card = load_cli_model(args, device=args.device)
-    shape = input_shape(card)
-    dataset = _load_data(args.data, args.n, args.seed, shape)
+    model, card = load_cli_model(args, device=cli_device(args.device))
+    dataset, generated = _load_data(
+        args.data, args.n, args.seed, card_size(card, args.size), args.data_option
+    )
     if getattr(dataset, "input_kind", "image") != "image":
         raise DataError(
             f"xaikit evaluate scores image heatmaps; data set {args.data!r} holds "
             f"{dataset.input_kind} inputs"
         )
-    inputs, targets, masks = _batch(dataset, args.n)
+    inputs, targets, masks = _batch(dataset, _indices(dataset, args.n, args.seed, generated))
     classes = card.get("num_classes") or card.get("config", {}).get("num_classes")
     if classes is not None and card.get("task") != "binary" and classes != dataset.num_classes:
         raise XaikitConfigError(

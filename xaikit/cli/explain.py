@@ -13,8 +13,14 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING, Any
 
-from xaikit._names import JOURNAL, METHODS, RESHAPE_CHOICES, RESULTS
-from xaikit.cli._common import add_model_argument, input_shape, load_cli_model
+from xaikit._names import JOURNAL, METHODS, RESHAPE_CHOICES, RESULTS, SCORE_CAM_METHODS
+from xaikit.cli._common import (
+    add_device_argument,
+    add_model_argument,
+    canonical_methods,
+    input_shape,
+    load_cli_model,
+)
 from xaikit.errors import XaikitConfigError
 
 if TYPE_CHECKING:
@@ -127,16 +133,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the titled figures with colour bars (faster for large folders)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument(
+        "--sign",
+        choices=("auto", "absolute", "positive", "all"),
+        default="auto",
+        help="how gradient-method PNGs draw the raw map, clipped at its 99th percentile: "
+        "auto/absolute |a|, positive max(a, 0) (sequential colormap), all signed (diverging, "
+        "0 at the centre); CAM methods and the .npy files are unaffected (default: auto)",
+    )
+    add_device_argument(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="run even when the estimate (files, bytes) is over the limits (more than 1,000 "
+        "files or 200 MB; see xaikit.estimates)",
+    )
 
 
 def parse_methods(text: str) -> list[str]:
-    """``"gradcam,layercam"`` -> ``["gradcam", "layercam"]``."""
+    """``"gradcam,layercam"`` -> ``["gradcam", "layercam"]`` (aliases such as ``gradxinput``
+    become their canonical name, with a note)."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise XaikitConfigError(f"--method is empty; choose from {', '.join(METHODS)}")
-    return names
+    return canonical_methods(names)
 
 
 def parse_target(text: str) -> TargetSpec:
@@ -157,6 +179,13 @@ def parse_target(text: str) -> TargetSpec:
         parts = [part.strip() for part in text.split(",")]
         if not all(parts):
             raise XaikitConfigError(f"--target {text!r} has an empty entry; e.g. 1,4,7")
+        keywords = [part for part in parts if part in KEYWORDS]
+        if keywords:
+            raise XaikitConfigError(
+                f"--target {text!r}: the keyword {keywords[0]!r} cannot be combined with other "
+                f"targets; give one keyword ({', '.join(KEYWORDS)}) alone, or a list of class "
+                "indices and names such as 1,4,7"
+            )
         return [_index_or_name(part) for part in parts]
     if text in KEYWORDS:
         return text
@@ -190,6 +219,110 @@ def _report(source: str, reason: str) -> None:
     tqdm.write(f"xaikit: error: {reason}", file=sys.stderr)
 
 
+def _class_count(model: Any, card: dict[str, Any], shape: tuple[int, ...]) -> int:
+    """The model's number of outputs: the card's ``num_classes`` or class names, else one
+    forward pass on zeros."""
+    if card.get("num_classes"):
+        return int(card["num_classes"])
+    if card.get("class_names"):
+        return len(card["class_names"])
+    import torch
+
+    from xaikit.explain.state import model_device
+
+    with torch.no_grad():
+        return int(model(torch.zeros(1, *shape, device=model_device(model))).shape[-1])
+
+
+def _scorecam_estimate(
+    args: argparse.Namespace,
+    model: Any,
+    shape: tuple[int, ...],
+    masked: list[str],
+    images: int,
+    estimate: Any,
+) -> Any:
+    """``estimate`` with Score-CAM's masked batches and a time from one timed masked batch
+    (one forward pass of ``scorecam.DEFAULT_BATCH_SIZE`` inputs); unchanged when the layer
+    cannot be probed (the run itself then reports why)."""
+    import dataclasses
+    import time
+
+    import torch
+
+    from xaikit.estimates import scorecam_batches
+    from xaikit.explain.layers import resolve_layer
+    from xaikit.explain.scorecam import DEFAULT_BATCH_SIZE
+    from xaikit.explain.state import model_device
+
+    device = model_device(model)
+    seen: list[tuple[int, ...]] = []
+    try:
+        example = torch.zeros(1, *shape, device=device)
+        module = resolve_layer(model, args.layer, example)[1]
+        hook = module.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+        try:
+            with torch.no_grad():
+                model(example)
+        finally:
+            hook.remove()
+        layer_shape = seen[0]
+        nchw = len(layer_shape) == 4 and args.reshape in ("auto", "nchw")
+        channels = layer_shape[1] if nchw else layer_shape[-1]
+        batches = 0
+        for name in masked:
+            per_image = channels if name == "scorecam" else max(1, channels // 8)
+            batches += scorecam_batches(images, per_image, DEFAULT_BATCH_SIZE, args.batch_size)
+        probe = torch.zeros(min(DEFAULT_BATCH_SIZE, channels), *shape, device=device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            model(probe)
+        seconds = batches * (time.perf_counter() - start)
+    except Exception:  # an estimate must never stop the run
+        return estimate
+    return dataclasses.replace(
+        estimate, seconds=seconds, note=f"score-cam: {batches} masked batches"
+    )
+
+
+def _refuse_large(
+    args: argparse.Namespace,
+    model: Any,
+    card: dict[str, Any],
+    shape: tuple[int, ...],
+    methods: list[str],
+    target: Any,
+) -> bool:
+    """Print the run's estimate (maps, files, bytes) on stderr; ``True`` (after one line)
+    when it is over the limits of :mod:`xaikit.estimates` and ``--yes`` was not given."""
+    from xaikit.estimates import explain_estimate
+    from xaikit.explain.files import collect_images
+
+    images = sum(1 for s in collect_images(args.inputs, exclude=args.out) if s.problem is None)
+    if target == "all":
+        targets = _class_count(model, card, shape)
+    elif isinstance(target, list):
+        targets = len(target)
+    else:
+        targets = 1  # predicted, one class; positive: at least one
+    pixels = 1
+    for side in shape[1:]:
+        pixels *= int(side)
+    estimate = explain_estimate(
+        images, targets, len(methods), figures=not args.no_figure, input_pixels=pixels
+    )
+    masked = [m for m in methods if m in SCORE_CAM_METHODS]
+    if masked and images:
+        estimate = _scorecam_estimate(args, model, shape, masked, images, estimate)
+    refusal = estimate.refusal(args.yes, "or explain fewer classes (--target) or images")
+    if refusal is not None or estimate.notable():
+        print(estimate.line(), file=sys.stderr)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return True
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     from xaikit.explain.files import explain_files
     from xaikit.train.loaders import resolve_device
@@ -199,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, card = load_cli_model(args, device=str(device))
     shape = input_shape(card, args.input_shape)
+    if _refuse_large(args, model, card, shape, methods, target):
+        return 2
     summary = explain_files(
         model,
         args.inputs,
@@ -216,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
         cmap=args.cmap,
         alpha=args.alpha,
         figures=not args.no_figure,
+        sign=args.sign,
         model_info=_model_info(args.model, card),
         quiet=args.quiet,
         on_error=_report,

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import argparse
 import html
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xaikit.cli._common import add_model_argument, load_cli_model
+from xaikit.cli._common import (
+    add_data_option_argument,
+    add_device_argument,
+    add_model_argument,
+    card_size,
+    cli_device,
+    data_options,
+    load_cli_model,
+)
 from xaikit.errors import XaikitConfigError
 from xaikit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -47,16 +56,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="D",
         help="data set name (test split) for activations, exemplars and atlas",
     )
+    add_data_option_argument(parser)
     parser.add_argument(
         "--n",
         type=int,
         default=None,
         help="data set inputs to use (default: all; 4 for activations)",
     )
-    parser.add_argument("--channels", metavar="LIST", help="channels, e.g. 0,3,8-11 (default: all)")
+    parser.add_argument(
+        "--channels",
+        metavar="LIST",
+        help="channels, e.g. 0,3,8-11, or 'all' (default: all; for maximize and atlas the 8 "
+        "most active on a probe batch of --data, or of seeded noise without --data)",
+    )
     parser.add_argument("--steps", type=int, default=256, help="maximization steps (256)")
     parser.add_argument("--seed", type=int, default=0, help="maximization seed (0)")
-    parser.add_argument("--size", type=int, default=None, help="maximization image size")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="image size: --data images are resized to it and maximization images have it "
+        "(default: the model card's input size)",
+    )
     parser.add_argument("--k", type=int, default=9, help="exemplars per channel (9)")
     parser.add_argument(
         "--rank-by",
@@ -71,8 +93,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how input channels of a kernel are shown (auto)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="inputs per batch (64)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (cpu)")
+    add_device_argument(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="run even when the estimate is over the limits (see xaikit.estimates)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="maximize: keep the channels the journal in --out records as finished; "
+        "exemplars: continue an interrupted pass from its saved state; atlas: both",
+    )
 
 
 def load(name: str, split: str = "train", **options: Any) -> Dataset:
@@ -107,14 +141,25 @@ def parse_channels(text: str | None) -> list[int] | None:
     return channels
 
 
-def _dataset(name: str | None, mode: str, n: int | None) -> Dataset | None:
+def _dataset(
+    name: str | None,
+    mode: str,
+    n: int | None,
+    *,
+    size: int | None = None,
+    pairs: list[str] | None = None,
+) -> Dataset | None:
+    """The test split of ``--data`` with images at ``size`` (the model's input size) and the
+    ``--data-option`` pairs, its first ``n`` items when ``n`` is given."""
     from torch.utils.data import Subset
 
     if name is None:
         if mode in NEEDS_DATA:
             raise XaikitConfigError(f"--mode {mode} needs --data (a data set name, e.g. shapes)")
+        if pairs:
+            raise XaikitConfigError("--data-option needs --data")
         return None
-    dataset = load(name, split="test")
+    dataset = load(name, split="test", **data_options(name, pairs or [], size=size))
     if n is not None:
         if n < 1:
             raise XaikitConfigError(f"--n must be positive, got {n}")
@@ -144,14 +189,106 @@ def _write_png(out: Path, name: str, data: bytes, files: list[str]) -> None:
     files.append(name)
 
 
+def _maximize(
+    args: argparse.Namespace,
+    model: Any,
+    card: dict[str, Any],
+    layer: str,
+    channels: list[int] | None,
+    dataset: Dataset | None,
+    normalization: Any,
+    quiet: bool | None,
+) -> tuple[Any, list[str]] | None:
+    """``--mode maximize``: choose the channels (default: the most active), print the
+    estimate (timed on a one-step probe), refuse past the limits without ``--yes`` (``None``),
+    else render batch by batch into ``--out`` with a resumable journal."""
+    import time
+
+    import torch
+
+    from xaikit.estimates import maximize_estimate
+    from xaikit.filters._common import fetch_inputs, input_spec
+    from xaikit.filters.activations import activations
+    from xaikit.filters.maximize import (
+        DEFAULT_CHANNELS,
+        maximize,
+        maximize_into,
+        most_active_channels,
+        probe_inputs,
+    )
+
+    size = _size(card, args.size)
+    if args.channels is None:
+        if dataset is not None:
+            probe = fetch_inputs(dataset, range(min(16, len(dataset))))
+        else:
+            probe = probe_inputs(model, size, seed=args.seed)
+        channels = most_active_channels(
+            model, layer, probe, DEFAULT_CHANNELS, normalization=normalization
+        )
+        source = "the data" if dataset is not None else "seeded noise"
+        print(
+            f"maximize: the {len(channels)} most active channels on {source}: {channels} "
+            "(--channels all for every channel)",
+            file=sys.stderr,
+        )
+    elif channels is None:
+        spec = input_spec(model, size=size)
+        example = torch.zeros(1, spec.channels, *([spec.size or 1] * spec.dims))
+        maps = activations(model, example, layer)
+        channels = list(range(next(iter(maps.values())).shape[1]))
+    spec = input_spec(model, size=size)
+    options = {"steps": args.steps, "size": size, "seed": args.seed, "normalization": normalization}
+    seconds = None
+    if args.steps > 0 and channels:
+        start = time.perf_counter()
+        maximize(model, layer, channels[: args.batch_size], **{**options, "steps": 1}, quiet=True)
+        # the probe is one step plus the initial and final scoring: about two steps' worth
+        seconds = (time.perf_counter() - start) / 2
+    estimate = maximize_estimate(
+        len(channels),
+        args.batch_size,
+        args.steps,
+        spec.size or 1,
+        in_channels=spec.channels,
+        seconds_per_step=seconds,
+    )
+    if estimate.notable() or estimate.over():
+        print(estimate.line(), file=sys.stderr)
+    refusal = estimate.refusal(args.yes, "or choose fewer --channels / --steps")
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return None
+    header = {
+        "model": args.model,
+        "layer": args.layer,
+        "steps": args.steps,
+        "seed": args.seed,
+        "size": size,
+        "normalization": normalization,
+    }
+    return maximize_into(
+        Path(args.out),
+        model,
+        layer,
+        channels,
+        header=header,
+        resume=args.resume,
+        batch_size=args.batch_size,
+        quiet=quiet,
+        **options,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    from xaikit.filters import activations, atlas, exemplars, maximize, weights
+    from xaikit.filters import activations, atlas, exemplars, weights
     from xaikit.filters._common import fetch_inputs
     from xaikit.filters._plot import figure_png, image_png
 
-    channels = parse_channels(args.channels)
-    model, card = load_cli_model(args, device=args.device)
-    dataset = _dataset(args.data, args.mode, args.n)
+    channels = None if args.channels == "all" else parse_channels(args.channels)
+    model, card = load_cli_model(args, device=cli_device(args.device))
+    size = card_size(card, args.size)
+    dataset = _dataset(args.data, args.mode, args.n, size=size, pairs=args.data_option)
     normalization = _normalization(card, dataset)
     out = Path(args.out)
     files: list[str] = []
@@ -159,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "model": args.model,
         "data": args.data,
+        "size": size,
         "normalization": normalization,
     }
     layer = args.layer if args.layer is not None or args.mode == "weights" else "auto"
@@ -193,21 +331,13 @@ def run(args: argparse.Namespace) -> int:
             )
         index.update(layer=name, shape=list(maps[name].shape[1:]), inputs=rows)
     elif args.mode == "maximize":
-        result = maximize(
-            model,
-            layer,
-            channels,
-            steps=args.steps,
-            size=_size(card, args.size),
-            seed=args.seed,
-            normalization=normalization,
-            batch_size=args.batch_size,
-            quiet=quiet,
-        )
+        result = _maximize(args, model, card, layer, channels, dataset, normalization, quiet)
+        if result is None:
+            return 2
+        result, written = result
+        files.extend(name for name in written if name.endswith(".png"))
         _write_png(out, "maximize.png", figure_png(result.figure), files)
-        images = result.images if result.images.dim() == 4 else result.images.unsqueeze(2)
-        for unit, image in zip(result.units, images):
-            _write_png(out, f"maximize/channel_{unit:04d}.png", image_png(image), files)
+        index["arrays"] = [name for name in written if name.endswith(".npy")]
         index.update(
             layer=result.layer, steps=args.steps, seed=args.seed, channels=result.summary()
         )
@@ -222,6 +352,9 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             normalization=normalization,
             quiet=quiet,
+            state_dir=out,  # an interrupted pass saves its running top-k: --resume goes on
+            header={"model": args.model, "data": args.data, "n": args.n, "norm": normalization},
+            resume=args.resume,
         )
         _write_png(out, "exemplars.png", figure_png(found.figure), files)
         field = found.receptive_field
@@ -242,6 +375,20 @@ def run(args: argparse.Namespace) -> int:
             ],
         )
     else:
+        if args.channels is None:
+            # An atlas maximizes every channel it shows: the same handful as maximize.
+            from xaikit.filters._common import fetch_inputs
+            from xaikit.filters.maximize import DEFAULT_CHANNELS, most_active_channels
+
+            probe = fetch_inputs(dataset, range(min(16, len(dataset))))
+            channels = most_active_channels(
+                model, layer, probe, DEFAULT_CHANNELS, normalization=normalization
+            )
+            print(
+                f"atlas: the {len(channels)} most active channels on the data: {channels} "
+                "(--channels all for every channel)",
+                file=sys.stderr,
+            )
         result = atlas(
             model,
             layer,
@@ -254,6 +401,9 @@ def run(args: argparse.Namespace) -> int:
             normalization=normalization,
             batch_size=args.batch_size,
             quiet=quiet,
+            state_dir=out,  # exemplar state and maximize/ journal: --resume goes on
+            header={"model": args.model, "data": args.data, "n": args.n},
+            resume=args.resume,
         )
         _write_png(out, "atlas.png", figure_png(result.figure), files)
         title = html.escape(f"xaikit filters: {args.model} {result.layer}")

@@ -17,7 +17,16 @@ from typing import Any
 
 from xaikit._names import REPORT_METHODS as DEFAULT_METHODS
 from xaikit._names import REPORT_SEQUENCE_METHODS as SEQUENCE_METHODS
-from xaikit.cli._common import add_model_argument, is_plain_checkpoint, load_cli_model
+from xaikit.cli._common import (
+    DATA_OPTION_HELP,
+    SIZE_HELP,
+    add_device_argument,
+    add_model_argument,
+    canonical_methods,
+    cli_device,
+    is_plain_checkpoint,
+    load_cli_model,
+)
 from xaikit.errors import XaikitConfigError
 
 NAME = "report"
@@ -45,11 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n", type=int, default=24, help="test samples in the heatmap gallery (default: 24)"
     )
     parser.add_argument(
-        "--methods",
+        "--method",
         metavar="M1,M2",
         help=f"heatmap methods, comma-separated (default: {','.join(DEFAULT_METHODS)}; "
         f"for recurrent models {','.join(SEQUENCE_METHODS)})",
     )
+    # The old spelling, still accepted and not shown.
+    parser.add_argument("--methods", dest="method", help=argparse.SUPPRESS)
     parser.add_argument(
         "--layer", "-l", default="auto", help="explained layer of CAM methods (default: auto)"
     )
@@ -92,11 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an option of the data set loader, e.g. seed=3 (repeatable)",
+        help=DATA_OPTION_HELP,
     )
+    parser.add_argument("--size", type=int, metavar="PX", help=SIZE_HELP)
     parser.add_argument("--title", help="page title (default: 'xaikit report: <model>')")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -105,8 +117,8 @@ def _methods(text: str | None) -> list[str] | None:
         return None
     methods = [part.strip() for part in text.split(",") if part.strip()]
     if not methods:
-        raise XaikitConfigError("--methods is empty; give names like gradcam,saliency")
-    return methods
+        raise XaikitConfigError("--method is empty; give names like gradcam,saliency")
+    return canonical_methods(methods)
 
 
 def _options(pairs: list[str]) -> dict[str, Any]:
@@ -129,10 +141,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise XaikitConfigError(f"--out must be an .html file, got {args.out!r}")
+    device = cli_device(args.device)
     model: object = args.model
     card = None
     if not is_plain_checkpoint(args):  # a plain checkpoint: the report reads its curves too
-        model, card = load_cli_model(args, device=args.device)
+        model, card = load_cli_model(args, device=device)
+    options = _options(args.data_option)
+    if args.size is not None:
+        if args.size < 1:
+            raise XaikitConfigError(f"--size must be a positive number of pixels, got {args.size}")
+        options.setdefault("size", args.size)
     start = time.perf_counter()
     path = build_report(
         model,  # type: ignore[arg-type]
@@ -140,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         out,
         card=card,
         n=args.n,
-        methods=_methods(args.methods),
+        methods=_methods(args.method),
         layer=args.layer,
         filter_layer=args.filter_layer,
         seed=args.seed,
@@ -151,9 +169,9 @@ def run(args: argparse.Namespace) -> int:
         atlas_channels=args.atlas_channels,
         atlas_steps=args.atlas_steps,
         sequences=args.sequences,
-        data_options=_options(args.data_option),
+        data_options=options,
         title=args.title,
-        device=args.device,
+        device=device,
         quiet=True if args.quiet else None,
     )
     size = Path(path).stat().st_size

@@ -12,6 +12,7 @@ import ast
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xaikit.cli._common import add_device_argument, cli_device
 from xaikit.errors import XaikitConfigError
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the logged value that picks the kept epoch, e.g. val_loss (default: val_accuracy "
         "for classifiers; ties go to the lower val_loss)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    add_device_argument(parser)
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT/last exactly where it stopped"
     )
@@ -151,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from xaikit.train.recipe import train_recipe
 
     recipe = recipe_from_args(args)
+    cli_device(args.device)  # an unavailable device fails here, in one line, before any work
     out = Path(args.out)
     try:
         result = train_recipe(recipe, out, resume=args.resume, device=args.device, quiet=args.quiet)

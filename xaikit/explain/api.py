@@ -45,6 +45,7 @@ def explain(
     class_names: Sequence[str] | None = None,
     seed: int | None = None,
     quiet: bool | None = None,
+    memory_budget: int | str | None = None,
     return_result: bool = False,
     **options: Any,
 ) -> Result:
@@ -86,6 +87,14 @@ def explain(
         seed: for stochastic methods (SmoothGrad); a private generator, the global RNG is
             untouched.
         quiet: hide progress bars (Score-CAM); default from ``XAIKIT_QUIET``.
+        memory_budget: bytes one call may use beyond the model (an int, or ``"512M"``,
+            ``"2G"``); default ``$XAIKIT_MEMORY_BUDGET``, else 1 GiB. One dry forward of one
+            sample measures its activations (cached per model and input shape); the inputs
+            are then explained in chunks of ``budget // per-sample bytes`` and the results
+            concatenated (identical maps; ``"global"`` normalization still spans the whole
+            call), and IG / SmoothGrad / occlusion run that many rows per forward pass unless
+            ``internal_batch_size`` is given. Peak memory thus does not grow with ``N``,
+            ``steps`` or ``samples``; it is an estimate, not a hard limit.
         return_result: return :class:`~xaikit.explain.result.Explanation` objects (raw
             maps, targets, scores, probabilities, degenerate flags) instead of tensors.
         **options: method options, e.g. ``batch_size`` (Score-CAM), ``top_k`` and ``fill``
@@ -112,12 +121,13 @@ def explain(
         class_names=class_names,
         seed=seed,
         quiet=quiet,
+        memory_budget=memory_budget,
         options=options,
     )
     names = check_methods(method)
     results = run(model, inputs, names, target, settings)
     if isinstance(method, str):
-        result = results[method]
+        result = results[names[0]]  # an alias (gradxinput) is keyed by its canonical name
         return result if return_result else result.heatmap
     if return_result:
         return results

@@ -11,11 +11,27 @@ method reads the same activations and gradients.
 Gradient methods (:mod:`xaikit.explain.gradients`) get ``forward(x) -> (M, num_outputs)``
 scores from the :class:`~xaikit.explain.adapter.ModelAdapter`; Guided Grad-CAM is guided
 backpropagation times the upsampled Grad-CAM of the same call.
+
+Memory is bounded by a budget (``memory_budget``, default ``$XAIKIT_MEMORY_BUDGET`` or
+:data:`DEFAULT_MEMORY_BUDGET`, 1 GiB): one dry forward of one sample measures its activation
+bytes (:func:`sample_bytes`), and a batch of more than ``budget // sample_bytes`` inputs is
+explained in chunks of that many, each by the whole pipeline above, the results concatenated
+along the batch axis (:func:`~xaikit.explain.result.concat_explanations`; ragged targets
+padded to the call's largest ``K``, ``"global"`` normalization over the whole call). The
+methods that expand the batch (IG path points, SmoothGrad noisy copies, occlusion windows)
+run at most that many rows per forward pass unless ``internal_batch_size`` is given. Every
+input is computed as in one call; only float rounding of the model's own batched kernels
+(BLAS blocks a 3-row and a 10-row product differently) can differ, at ~1e-8.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import inspect
+import os
+import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaikit._names import GRADIENT_NAMES, SCORE_CAM_METHODS
+from xaikit._names import GRADIENT_NAMES, METHOD_ALIASES, SCORE_CAM_METHODS
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.adapter import ExplainWarning, InputKey, ModelAdapter, OutputSelector
 from xaikit.explain.attention import ATTENTION_METHODS, attention_map, options_of
@@ -40,7 +56,7 @@ from xaikit.explain.layouts import (
     to_map,
 )
 from xaikit.explain.postprocess import DEFAULT_EPS, check_normalize, to_heatmaps, upsample
-from xaikit.explain.result import Explanation
+from xaikit.explain.result import Explanation, concat_explanations
 from xaikit.explain.scorecam import DEFAULT_BATCH_SIZE, FILL_RULES, score_cam
 from xaikit.explain.state import borrowed
 from xaikit.explain.targets import resolve_targets
@@ -60,6 +76,10 @@ def is_cam(name: str) -> bool:
     return name in CAM_METHODS or name in SCORE_CAM_METHODS
 
 
+#: Gradient methods that expand the batch (path points, noisy copies, windows): their rows per
+#: forward pass default to the memory budget's.
+ROW_BATCHED = ("ig", "smoothgrad", "occlusion")
+
 #: Options of the Score-CAM methods (the others go to the gradient methods).
 SCORE_CAM_OPTIONS = {"scorecam": ("batch_size",), "scorecam-fast": ("batch_size", "top_k", "fill")}
 
@@ -78,12 +98,18 @@ class Settings:
     class_names: Sequence[str] | None = None
     seed: int | None = None
     quiet: bool | None = None
+    memory_budget: int | str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
 def check_methods(method: str | Sequence[str]) -> list[str]:
-    """The requested method names, validated and without duplicates (order kept)."""
+    """The requested method names, validated and without duplicates (order kept).
+
+    An alias (``gradxinput``, see :data:`xaikit._names.METHOD_ALIASES`) becomes its
+    canonical name (``inputxgrad``).
+    """
     names = [method] if isinstance(method, str) else list(method)
+    names = [METHOD_ALIASES.get(m, m) if isinstance(m, str) else m for m in names]
     if not names:
         raise XaikitConfigError(f"method is empty; choose from {', '.join(method_names())}")
     unknown = [m for m in names if m not in method_names()]
@@ -116,7 +142,8 @@ def _accepted(fn: Callable[..., Any]) -> set[str]:
     return {
         p.name
         for p in params
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("seed",)
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and p.name not in ("seed", "first_index")
     } - {"forward", "inputs", "targets"}
 
 
@@ -249,7 +276,193 @@ def run(
             class_names = getattr(adapter.model, "class_names", None)
         with borrowed(adapter.model):
             adapter.warn_final_activation()
-            return _run(adapter, methods, target, settings, routed, class_names, model)
+            budget = parse_memory_budget(settings.memory_budget)
+            rows = max(1, budget // sample_bytes(adapter))
+            n = adapter.x.shape[0]
+            if n <= rows:
+                return _run(adapter, methods, target, settings, routed, class_names, model, rows)
+            return _run_chunked(
+                adapter, methods, target, settings, routed, class_names, model, rows
+            )
+
+
+# --------------------------------------------------------------------------- memory budget
+
+#: Default memory budget of one call, in bytes (1 GiB: fits a laptop next to the model).
+DEFAULT_MEMORY_BUDGET = 1 << 30
+#: Environment variable overriding the default budget (``"512M"``, ``"2G"``, bytes).
+MEMORY_BUDGET_ENV = "XAIKIT_MEMORY_BUDGET"
+#: Bytes of one sample's forward pass, per byte of its activations: the forward's saved
+#: activations, their gradients and the transient of the backward pass.
+ACTIVATION_FACTOR = 3
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_probe_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def parse_memory_budget(value: int | str | None) -> int:
+    """The memory budget in bytes: ``value`` (bytes, or ``"512M"``, ``"1.5G"``, ``"800KiB"``),
+    else ``$XAIKIT_MEMORY_BUDGET``, else :data:`DEFAULT_MEMORY_BUDGET`."""
+    source = "memory_budget"
+    if value is None:
+        value = os.environ.get(MEMORY_BUDGET_ENV) or None
+        source = MEMORY_BUDGET_ENV
+        if value is None:
+            return DEFAULT_MEMORY_BUDGET
+    if isinstance(value, bool):
+        raise XaikitConfigError(f"{source} must be a number of bytes or '512M', got {value!r}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(value).lower())
+        if match is None:
+            raise XaikitConfigError(
+                f"{source} must be a number of bytes or a size like '512M' or '2G', got {value!r}"
+            )
+        number = float(match.group(1)) * _UNITS[match.group(2)]
+    if not number >= 1:
+        raise XaikitConfigError(f"{source} must be at least 1 byte, got {value!r}")
+    return int(number)
+
+
+def sample_bytes(adapter: ModelAdapter) -> int:
+    """Estimated peak bytes of one sample through one forward and backward pass.
+
+    One dry forward of the first sample (no graph) sums the output bytes of every leaf
+    module; the estimate is :data:`ACTIVATION_FACTOR` times that, plus the input's bytes.
+    Cached per model, input shape and dtype (weakly: the model is not kept alive).
+    """
+    x = adapter.x
+    key = (tuple(x.shape[1:]), x.dtype, x.device, adapter.output is None)
+    cache = _probe_cache.setdefault(adapter.model, {})
+    if key in cache:
+        return cache[key]
+    total = 0
+
+    def count(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal total
+        stack = [output]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, torch.Tensor):
+                total += item.numel() * item.element_size()
+            elif isinstance(item, (tuple, list)):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+
+    leaves = [m for m in adapter.model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            adapter.trace_forward()(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    one = x[:1].numel() * x.element_size()
+    estimate = max(1, ACTIVATION_FACTOR * total + 4 * one)
+    cache[key] = estimate
+    return estimate
+
+
+def _slice_inputs(adapter: ModelAdapter, start: int, stop: int) -> ModelAdapter:
+    """A shallow copy of ``adapter`` on inputs ``start:stop`` (every tensor carrying the
+    batch is sliced, views, no copy)."""
+    n = adapter.x.shape[0]
+    prepared = adapter.inputs
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+            return value[start:stop]
+        return value
+
+    part = copy.copy(adapter)
+    part.inputs = dataclasses.replace(
+        prepared,
+        args=tuple(cut(v) for v in prepared.args),
+        kwargs={k: cut(v) for k, v in prepared.kwargs.items()},
+    )
+    return part
+
+
+def _slice_target(target: Any, start: int, stop: int, n: int) -> Any:
+    """The targets of inputs ``start:stop``: per-input forms (an ``(N, ...)`` tensor or
+    array, a list of ``N``) are sliced, the others (keywords, one class, callables) kept."""
+    if isinstance(target, torch.Tensor):
+        return target[start:stop] if target.dim() > 0 and target.shape[0] == n else target
+    if isinstance(target, (list, tuple)) and len(target) == n:
+        return target[start:stop]
+    shape = getattr(target, "shape", None)
+    if not callable(target) and hasattr(target, "__array__") and shape and shape[0] == n:
+        return target[start:stop]
+    return target
+
+
+def _run_chunked(
+    adapter: ModelAdapter,
+    methods: list[str],
+    target: Any,
+    settings: Settings,
+    routed: dict[str, dict[str, Any]],
+    class_names: Sequence[str] | None,
+    original: nn.Module,
+    rows: int,
+) -> dict[str, Explanation]:
+    """:func:`_run` on chunks of ``rows`` inputs, concatenated along the batch axis.
+
+    Every input's computation is the same as in one call (the ``K`` targets of ragged
+    requests are padded to the largest count over all chunks; SmoothGrad's noise follows the
+    input's index). ``"global"`` normalization spans the whole call: chunks return raw maps
+    and the heatmaps are normalized once, over every chunk.
+    """
+    n = adapter.x.shape[0]
+    chunk_settings = settings
+    if settings.normalize == "global":
+        chunk_settings = dataclasses.replace(settings, normalize=None)
+    parts = [
+        _run(
+            _slice_inputs(adapter, start, min(n, start + rows)),
+            methods,
+            _slice_target(target, start, min(n, start + rows), n),
+            chunk_settings,
+            routed,
+            class_names,
+            original,
+            rows,
+            first_index=start,
+            chunked=True,
+        )
+        for start in range(0, n, rows)
+    ]
+    results = {name: concat_explanations([part[name] for part in parts]) for name in methods}
+    size = tuple(adapter.x.shape[2:])
+    if settings.normalize == "global":
+        for name, result in results.items():
+            valid = result.valid
+            maps, degenerate = to_heatmaps(
+                result.raw,
+                size,
+                relu=is_cam(name),
+                normalize="global",
+                eps=settings.eps,
+                valid=None if bool(valid.all()) else valid,
+            )
+            result.maps, result.degenerate, result.normalize = maps, degenerate, "global"
+    first = next(iter(results.values()))
+    if first.targets.shape[1] == 0:
+        _warn_no_targets()
+    if any(bool(r.degenerate.any()) for r in results.values()):
+        _warn_degenerate(results, first.layer)
+    return results
+
+
+def _warn_no_targets() -> None:
+    warn_user(
+        "no targets to explain (e.g. target='positive' and the model predicts no label "
+        "for any input); the maps have K = 0",
+        ExplainWarning,
+    )
 
 
 def _run(
@@ -260,7 +473,15 @@ def _run(
     routed: dict[str, dict[str, Any]],
     class_names: Sequence[str] | None,
     original: nn.Module,
+    rows: int | None = None,
+    *,
+    first_index: int = 0,
+    chunked: bool = False,
 ) -> dict[str, Explanation]:
+    """Explain the adapter's whole batch at once. ``rows``: rows per forward pass of the
+    methods that expand the batch (IG, SmoothGrad, occlusion) unless ``internal_batch_size``
+    is given; ``first_index``: the batch's offset in the call (SmoothGrad's noise);
+    ``chunked``: a chunk of a larger call, whose call-level warnings come once, after."""
     x = adapter.x
     n = x.shape[0]
     size = tuple(x.shape[2:])
@@ -321,12 +542,8 @@ def _run(
     selected = adapter.scores(logits).gather(1, index)  # (N, K), holds the head's graph
     explained_scores = selected.detach()
     logits = logits.detach()
-    if targets.k == 0:
-        warn_user(
-            "no targets to explain (e.g. target='positive' and the model predicts no label "
-            "for any input); the maps have K = 0",
-            ExplainWarning,
-        )
+    if targets.k == 0 and not chunked:
+        _warn_no_targets()
 
     raws: dict[str, torch.Tensor] = {}
     if cams and activations is not None:
@@ -348,7 +565,12 @@ def _run(
 
     for name in methods:
         if name in GRADIENT_NAMES:
-            raws[name] = _gradient_method(adapter, name, index, settings, routed[name], raws, size)
+            options = dict(routed[name])
+            if rows is not None and name in ROW_BATCHED:
+                options.setdefault("internal_batch_size", rows)
+            if name == "smoothgrad":
+                options["first_index"] = first_index
+            raws[name] = _gradient_method(adapter, name, index, settings, options, raws, size)
         elif name in ATTENTION_METHODS:
             # One forward with the attention probabilities captured, K targets per input.
             raws[name] = attention_map(
@@ -395,7 +617,7 @@ def _run(
             options=dict(routed.get(name, {})),
             layout=layout.describe() if layout is not None and uses_layer else None,
         )
-    if degenerate_total:
+    if degenerate_total and not chunked:
         _warn_degenerate(results, layer_name)
     return results
 

@@ -25,6 +25,13 @@ Output layout under ``out``::
                                        layer's resolution (h, w) for CAM methods (before the
                                        ReLU), at the input resolution for gradient methods
 
+Gradient methods (saliency, ig, ...) are drawn in the PNGs from their raw map by
+:func:`xaikit.viz.colormaps.display_map`: ``|a|`` (or ``max(a, 0)``) clipped at its 99th
+percentile on a sequential colormap, or with ``sign="all"`` the signed map on a diverging
+colormap centred on zero; the figure's title names the rule ("cat (p=0.97) — ig,
+|attribution|, clipped at 99th pct"). CAM-family maps are drawn from the ``[0, 1]`` map on
+``cmap`` (jet) as always. The ``.npy`` files are the data either way.
+
 ``<target>`` is ``<index>-<class name>`` (or ``<index>`` when the model has no class names).
 An image ``cat.jpg`` given directly has the key ``cat.jpg``; an image found in a folder
 ``imgs`` given as input has the key ``imgs/<path inside imgs>`` (e.g. ``imgs/sub/cat.jpg``).
@@ -79,7 +86,7 @@ from xaikit.explain.cam import CAM_METHODS
 from xaikit.explain.engine import SCORE_CAM_METHODS, check_methods
 from xaikit.explain.result import Explanation
 from xaikit.io import atomic_path, atomic_write_text, dumps_json
-from xaikit.viz.colormaps import get_colormap
+from xaikit.viz.colormaps import check_sign, display_family, display_map, get_colormap
 from xaikit.viz.overlay import MAX_OVERLAY_SIDE, display_pixels, overlay, overlay_figure
 
 TargetSpec = str | int | Sequence[int | str]
@@ -250,9 +257,11 @@ def target_tag(index: int, name: str | None) -> str:
     return f"{index}-{_UNSAFE.sub('_', name).strip('._') or '_'}" if name else str(index)
 
 
-def _title(name: str | None, index: int, probability: float, method: str) -> str:
+def _title(name: str | None, index: int, probability: float, method: str, rule: str = "") -> str:
+    """``"cat (p=0.97) — ig, |attribution|, clipped at 99th pct"``: ``rule`` is the
+    :attr:`~xaikit.viz.colormaps.DisplayMap.suffix` (empty for CAMs)."""
     label = name if name else f"class {index}"
-    return f"{label} (p={probability:.2f}) — {method}"
+    return f"{label} (p={probability:.2f}) — {method}{rule}"
 
 
 # -- journal ------------------------------------------------------------------------------
@@ -392,13 +401,24 @@ class _Figures:
 
     def __init__(self, cmap: str, alpha: float, keep: int = 4) -> None:
         self.cmap, self.alpha, self.keep = cmap, alpha, keep
-        self.figures: OrderedDict[tuple[int, int], Figure] = OrderedDict()
+        self.figures: OrderedDict[tuple[Any, ...], Figure] = OrderedDict()
 
-    def render(self, display: torch.Tensor, heat: np.ndarray, title: str) -> np.ndarray:
-        """``(c, H0, W0)`` image and ``(h, w)`` map -> the figure as ``(H', W', 3)`` uint8."""
+    def render(
+        self,
+        display: torch.Tensor,
+        heat: np.ndarray,
+        title: str,
+        cmap: str | None = None,
+        colour_range: tuple[float, float] = (0.0, 1.0),
+    ) -> np.ndarray:
+        """``(c, H0, W0)`` image and ``(h, w)`` map in ``[0, 1]`` -> the figure as
+        ``(H', W', 3)`` uint8; ``cmap`` (default: the run's) and ``colour_range`` (what the
+        colour bar reads) come from the method's display rule."""
+        cmap = self.cmap if cmap is None else cmap
         long_side, height = _figure_size(*display.shape[-2:])
-        rgb = overlay(display, heat, cmap=self.cmap, alpha=self.alpha, size=long_side)
-        key = (int(rgb.shape[0]), int(rgb.shape[1]))
+        rgb = overlay(display, heat, cmap=cmap, alpha=self.alpha, size=long_side)
+        # The colour bar is drawn once per figure: one figure per size, colormap and range.
+        key = (int(rgb.shape[0]), int(rgb.shape[1]), cmap, *colour_range)
         figure = self.figures.get(key)
         axes = figure.axes[0] if figure is not None and figure.axes else None
         if figure is not None and axes is not None and axes.images:
@@ -410,7 +430,8 @@ class _Figures:
                 display,
                 heat,
                 title=title,
-                cmap=self.cmap,
+                cmap=cmap,
+                colorbar_range=colour_range,
                 alpha=self.alpha,
                 size=long_side,
                 height=height,
@@ -490,6 +511,7 @@ class _Writer:
     alpha: float
     figures: _Figures | None
     sink: _Sink
+    sign: str = "auto"
 
     def image(self, item: _Loaded, i: int, results: Mapping[str, _Cpu]) -> None:
         """Queue every output of input ``i`` of the batch, and its journal record."""
@@ -520,17 +542,29 @@ class _Writer:
                 tag = target_tag(target["index"], target["name"])
                 stem = f"{_UNSAFE.sub('_', method)}.{tag}"
                 heat = res.maps[i, k].numpy()
+                cmap, colour_range, rule = self.cmap, (0.0, 1.0), ""
+                picture_map = heat
+                if display_family(method) != "cam":
+                    # Gradient maps: drawn from the raw signed map by the method's rule (the
+                    # .npy files keep the data); CAM maps are drawn as before.
+                    shown = display_map(res.raw[i, k].numpy(), method, sign=self.sign)
+                    picture_map, rule = shown.colour_values, shown.suffix
+                    cmap, colour_range = shown.cmap or self.cmap, shown.colour_range
                 entry: dict[str, Any] = {
                     "target": target["index"],
                     "degenerate": bool(res.degenerate[i, k]),
                 }
                 path = folder / f"{stem}.png"
-                args = (path, item.display, heat, self.cmap, self.alpha)
+                args = (path, item.display, picture_map, cmap, self.alpha)
                 jobs.append(self.sink.submit(_save_overlay, *args))
                 entry["overlay"] = f"{item.source.key}/{stem}.png"
                 if self.figures is not None:
-                    title = _title(target["name"], target["index"], target["probability"], method)
-                    picture = self.figures.render(item.display, heat, title)
+                    title = _title(
+                        target["name"], target["index"], target["probability"], method, rule
+                    )
+                    picture = self.figures.render(
+                        item.display, picture_map, title, cmap, colour_range
+                    )
                     jobs.append(self.sink.submit(_save_png, folder / f"{stem}.figure.png", picture))
                     entry["figure"] = f"{item.source.key}/{stem}.figure.png"
                 jobs.append(self.sink.submit(_save_npy, folder / f"{stem}.npy", heat))
@@ -668,6 +702,7 @@ def explain_files(
     cmap: str = "jet",
     alpha: float = 0.5,
     figures: bool = True,
+    sign: str = "auto",
     model_info: Mapping[str, Any] | None = None,
     quiet: bool = False,
     on_error: Callable[[str, str], None] | None = None,
@@ -698,6 +733,11 @@ def explain_files(
         resume: skip inputs already done by an earlier run into ``out`` with the same settings.
         cmap, alpha: overlay colormap and weight of the colour layer.
         figures: also write the titled figure with a colour bar per map.
+        sign: how gradient-method maps are drawn in the PNGs (``"auto"``, ``"absolute"``,
+            ``"positive"``, ``"all"``; see :func:`xaikit.viz.colormaps.display_map`): from
+            the raw map, clipped at its 99th percentile, on a sequential colormap, or signed
+            on a diverging one; ``cmap`` then applies to CAM-family methods only. The
+            ``.npy`` files are the same whatever ``sign``.
         model_info: how the model was named (``model``, ``architecture``, ...): recorded in
             the results, and must match when resuming. Its ``model_source`` entry (the
             card's ``source``: absolute path and SHA-256 of the weights read) is recorded as
@@ -723,6 +763,7 @@ def explain_files(
     if not 0.0 <= alpha <= 1.0:
         raise XaikitConfigError(f"alpha must lie in [0, 1], got {alpha}")
     get_colormap(cmap)
+    check_sign(sign)
     shape = [int(v) for v in input_shape]
     if len(shape) != 3 or min(shape) < 1 or shape[0] not in (1, 3):
         raise XaikitConfigError(
@@ -757,6 +798,7 @@ def explain_files(
         "cmap": cmap,
         "alpha": alpha,
         "figures": figures,
+        "sign": sign,
     }
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     header = {"kind": "run", "settings": settings, "xaikit_version": __version__}
@@ -767,7 +809,9 @@ def explain_files(
     summary = FilesSummary(out=out_dir, results=results_path, total=len(sources))
     threads = min(4, os.cpu_count() or 1) if workers is None else workers
     sink = _Sink(journal, threads, limit=2 * batch_size)
-    writer = _Writer(out_dir, cmap, alpha, _Figures(cmap, alpha) if figures else None, sink)
+    writer = _Writer(
+        out_dir, cmap, alpha, _Figures(cmap, alpha) if figures else None, sink, sign=sign
+    )
     seen_warnings: set[str] = set()
 
     def fail(source: ImageSource, reason: str) -> None:

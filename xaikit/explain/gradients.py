@@ -59,7 +59,6 @@ from captum.attr import (
     GradientAttribution,
     InputXGradient,
     IntegratedGradients,
-    NoiseTunnel,
     Occlusion,
     Saliency,
 )
@@ -408,7 +407,8 @@ def integrated_gradients(
 
     ``baseline``: see :func:`make_baseline` (``"black"`` is black in pixel space when
     ``normalization`` is given). ``internal_batch_size``: rows (input x path point) per forward
-    pass (default 256, at least ``N * K``).
+    pass (default 256; ``xaikit.explain`` sets it from its ``memory_budget``), a hard bound:
+    when fewer than ``steps`` fit, each row's path points are split over several passes.
     """
     _reject_unknown("ig", unknown, (*_COMMON, "steps", "baseline", "blur_sigma", "quadrature"))
     if not isinstance(steps, int) or steps < 1:
@@ -416,19 +416,50 @@ def integrated_gradients(
     x, t = _prepare(inputs, targets)
     n, k = t.shape
     base = make_baseline(x, baseline, normalization=normalization, blur_sigma=blur_sigma)
-    rows = n * k
-    batch = max(rows, internal_batch_size or DEFAULT_INTERNAL_BATCH_SIZE)
+    per_pass = _positive_batch(internal_batch_size)
+    # Rows (input x target) are independent: blocks of rows with every path point in one pass
+    # when ``steps`` fit, else one row at a time with ``per_pass`` path points per pass. The
+    # split depends on ``per_pass`` and ``steps`` only, not on N, so a row's sum over path
+    # points runs in the same order whatever batch it came in (chunked calls are identical).
+    block = max(1, per_pass // steps)
+    step_batch = None if per_pass >= steps else per_pass
+    rows_x, rows_base, rows_t = (
+        x.repeat_interleave(k, dim=0),
+        base.repeat_interleave(k, dim=0),
+        t.reshape(-1),
+    )
     with _lent(forward):
         ig = IntegratedGradients(_checked(forward, t), multiply_by_inputs=True)
-        attr = ig.attribute(
-            x.repeat_interleave(k, dim=0),
-            baselines=base.repeat_interleave(k, dim=0),
-            target=t.reshape(-1),
-            n_steps=steps,
-            method=quadrature,
-            internal_batch_size=batch if batch < rows * steps else None,
-        )
+        parts = [
+            ig.attribute(
+                rows_x[start : start + block],
+                baselines=rows_base[start : start + block],
+                target=rows_t[start : start + block],
+                n_steps=steps,
+                method=quadrature,
+                internal_batch_size=step_batch,
+            )
+            for start in range(0, n * k, block)
+        ]
+    attr = parts[0] if len(parts) == 1 else torch.cat(parts)
     return reduce_channels(attr.reshape(n, k, *x.shape[1:]), channel_reduce)
+
+
+def _positive_batch(internal_batch_size: int | None) -> int:
+    """Rows per forward pass: ``internal_batch_size`` or the default, checked."""
+    value = DEFAULT_INTERNAL_BATCH_SIZE if internal_batch_size is None else internal_batch_size
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise XaikitConfigError(
+            f"internal_batch_size must be a positive integer, got {internal_batch_size!r}"
+        )
+    return value
+
+
+def noise_seed(seed: int, index: int) -> int:
+    """The seed of input ``index``'s SmoothGrad noise under the call's ``seed`` (63 bits)."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    mixed ^= mixed >> 31
+    return mixed & ((1 << 63) - 1)
 
 
 @contextlib.contextmanager
@@ -495,6 +526,7 @@ def smoothgrad(
     internal_batch_size: int | None = None,
     channel_reduce: str = "max_abs",
     normalization: Normalization | None = None,
+    first_index: int = 0,
     **unknown: Any,
 ) -> Tensor:
     """SmoothGrad: saliency averaged over noisy copies of the input, ``-> (N, K, *S)``.
@@ -505,39 +537,67 @@ def smoothgrad(
     (the paper's noise level; 0.1-0.2 works well). ``samples`` noisy copies per input, shared
     by its K targets; ``internal_batch_size`` bounds the rows of one forward pass.
 
-    Built on captum's :class:`~captum.attr.NoiseTunnel`. NoiseTunnel draws from the global
-    generator, so the call runs under :func:`seeded_global_rng`: the same ``seed`` gives the
-    same map and the caller's global RNG state is unchanged afterwards. NoiseTunnel adds noise
-    of one sigma to the whole batch; the per-input sigma comes from explaining
-    ``z = x / range(x)`` and dividing the gradient back by the range.
+    The noise of input ``i`` is drawn from a private CPU generator seeded by
+    :func:`noise_seed` ``(seed, first_index + i)``: the same ``seed`` gives the same map, the
+    global RNG is untouched, and the noise does not depend on how the batch is split
+    (``xaikit.explain`` passes each chunk's ``first_index``). The per-input sigma comes from
+    explaining ``z = x / range(x)`` and dividing the gradient back by the range. Noisy copies
+    are averaged in sample order, so ``internal_batch_size`` changes no value.
     """
-    _reject_unknown("smoothgrad", unknown, (*_COMMON, "samples", "stdev"))
+    _reject_unknown("smoothgrad", unknown, (*_COMMON, "samples", "stdev", "first_index"))
     if not isinstance(samples, int) or samples < 1:
         raise XaikitConfigError(f"smoothgrad samples must be a positive integer, got {samples!r}")
     if not float(stdev) >= 0:
         raise XaikitConfigError(f"smoothgrad stdev must be >= 0, got {stdev!r}")
+    per_pass = _positive_batch(internal_batch_size)
     x, t = _prepare(inputs, targets)
     n = x.shape[0]
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1)
     flat = x.flatten(start_dim=1)
     span = flat.amax(dim=1) - flat.amin(dim=1)
     span = torch.where(span > 0, span, torch.ones_like(span)).reshape(-1, *[1] * (x.dim() - 1))
+    z = x / span
     checked = _checked(forward, t)
+    group = min(samples, per_pass)  # noisy copies of one input per pass
+    block = max(1, per_pass // group)  # inputs per pass
+    total: Tensor | None = None
+    with _lent(forward):
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            b = stop - start
+            noise = torch.stack(
+                [
+                    torch.randn(
+                        (samples, *x.shape[1:]),
+                        generator=torch.Generator().manual_seed(noise_seed(seed, first_index + i)),
+                        dtype=x.dtype,
+                    )
+                    for i in range(start, stop)
+                ]
+            ).to(x.device) * float(stdev)
+            scale = span[start:stop].repeat_interleave(group, dim=0)
+            acc: Tensor | None = None
+            for first in range(0, samples, group):
+                count = min(group, samples - first)
+                noisy = (z[start:stop, None] + noise[:, first : first + count]).flatten(0, 1)
+                rows_t = t[start:stop].repeat_interleave(count, dim=0)
+                rows_scale = scale[: b * count]
 
-    def scaled(z: Tensor, scale: Tensor) -> Tensor:
-        return checked(z * scale)
+                def scaled(v: Tensor, s: Tensor = rows_scale) -> Tensor:
+                    return checked(v * s)
 
-    per_batch = max(1, (internal_batch_size or DEFAULT_INTERNAL_BATCH_SIZE) // n)
-    with _lent(forward), seeded_global_rng(seed, x.device):
-        attr = NoiseTunnel(_MultiTargetSaliency(scaled)).attribute(
-            x / span,
-            nt_type="smoothgrad",
-            nt_samples=samples,
-            nt_samples_batch_size=min(samples, per_batch),
-            stdevs=float(stdev),
-            target=t,
-            additional_forward_args=(span,),
-        )
-    return reduce_channels(attr / span.unsqueeze(1), channel_reduce)
+                grads = _input_gradients(scaled, noisy, rows_t).abs()
+                grads = grads.reshape(b, count, *grads.shape[1:])
+                for j in range(count):  # in sample order: the same sum in any batching
+                    acc = grads[:, j] if acc is None else acc + grads[:, j]
+            assert acc is not None
+            part = acc / samples
+            if total is None:
+                total = part.new_empty((n, *part.shape[1:]))
+            total[start:stop] = part
+    assert total is not None
+    return reduce_channels(total / span.unsqueeze(1), channel_reduce)
 
 
 # --------------------------------------------------------------------------- guided backprop
@@ -682,21 +742,34 @@ def occlusion(
     def selected(batch: Tensor, rows: Tensor) -> Tensor:
         return checked(batch).gather(1, rows)
 
-    per_eval = max(1, (internal_batch_size or DEFAULT_INTERNAL_BATCH_SIZE) // n)
+    per_pass = _positive_batch(internal_batch_size)
+    windows = math.prod((s - w) // st + 1 for s, w, st in zip(sizes, win, strides))
+    # Windows per pass and inputs per pass depend on internal_batch_size and the windows only,
+    # not on N: an input's sum over windows is the same whatever batch it came in.
+    per_eval = max(1, min(windows, per_pass))
+    block = max(1, per_pass // per_eval)
     channels = x.shape[1]
+    parts = []
     with _lent(forward):
-        attr = Occlusion(selected).attribute(
-            x,
-            sliding_window_shapes=(channels, *win),
-            strides=(channels, *strides),
-            baselines=base,
-            target=None,
-            additional_forward_args=(t,),
-            perturbations_per_eval=per_eval,
-            show_progress=show_progress,
-        )
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            parts.append(
+                Occlusion(selected)
+                .attribute(
+                    x[start:stop],
+                    sliding_window_shapes=(channels, *win),
+                    strides=(channels, *strides),
+                    baselines=base[start:stop],
+                    target=None,
+                    additional_forward_args=(t[start:stop],),
+                    perturbations_per_eval=per_eval,
+                    show_progress=show_progress,
+                )
+                .reshape(stop - start, k, *x.shape[1:])
+            )
+    attr = parts[0] if len(parts) == 1 else torch.cat(parts)
     # captum attributes each output element (n, k) separately, in row-major order.
-    return reduce_channels(attr.reshape(n, k, *x.shape[1:]), channel_reduce)
+    return reduce_channels(attr, channel_reduce)
 
 
 GRADIENT_METHODS: dict[str, GradientMethod] = {

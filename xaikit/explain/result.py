@@ -112,6 +112,62 @@ class Explanation:
         )
 
 
+def concat_explanations(parts: list[Explanation]) -> Explanation:
+    """One :class:`Explanation` of the concatenated batches of ``parts`` (one method's chunks
+    of a call, in order). Ragged target counts are padded to the largest ``K``: padding has
+    target ``-1``, ``valid`` ``False`` and zero maps, raw maps, scores and probabilities, as
+    padding of one call. The non-tensor fields are the first part's."""
+    if len(parts) == 1:
+        return parts[0]
+    k = max(part.targets.shape[1] for part in parts)
+
+    def pad(tensor: torch.Tensor, count: int, fill: float | bool) -> torch.Tensor:
+        if count == k:
+            return tensor
+        shape = (tensor.shape[0], k - count, *tensor.shape[2:])
+        return torch.cat([tensor, tensor.new_full(shape, fill)], dim=1)
+
+    fills: dict[str, float | bool] = {
+        "maps": 0.0,
+        "raw": 0.0,
+        "targets": -1,
+        "valid": False,
+        "scores": 0.0,
+        "probabilities": 0.0,
+        "degenerate": False,
+    }
+    arrays: dict[str, torch.Tensor] = {}
+    for name in _ARRAYS:
+        tensors = []
+        for part in parts:
+            tensor = getattr(part, name)
+            if name in ("maps", "raw") and tensor.shape[1] == 0 and k > 0:
+                # A chunk without targets has K = 0 maps of the layer's / input's size.
+                tensor = tensor.reshape(tensor.shape[0], 0, *_spatial(parts, name))
+            tensors.append(pad(tensor, part.targets.shape[1], fills[name]))
+        arrays[name] = torch.cat(tensors, dim=0)
+    first = parts[0]
+    return Explanation(
+        **arrays,
+        method=first.method,
+        layer=first.layer,
+        score=first.score,
+        normalize=first.normalize,
+        single=first.single,
+        class_names=first.class_names,
+        options=dict(first.options),
+        layout=first.layout,
+    )
+
+
+def _spatial(parts: list[Explanation], name: str) -> tuple[int, ...]:
+    for part in parts:
+        tensor = getattr(part, name)
+        if tensor.shape[1] > 0:
+            return tuple(tensor.shape[2:])
+    return tuple(getattr(parts[0], name).shape[2:])
+
+
 def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)

@@ -73,6 +73,7 @@ def masked_scores(
         channels: ``(N, M)`` channel indices to evaluate per input.
         batch_size: masked inputs per forward pass.
         quiet: hide the progress bar (default: the ``XAIKIT_QUIET`` environment variable).
+            The bar ticks once per masked batch: its total is ``ceil(N * M / batch_size)``.
 
     Returns:
         ``(N, M, K)`` scores.
@@ -90,7 +91,11 @@ def masked_scores(
     with (
         torch.no_grad(),
         tqdm(
-            total=total, desc="score-cam", unit="mask", disable=True if quiet else None, leave=False
+            total=-(-total // batch_size),  # one tick per masked batch (a forward pass)
+            desc=f"score-cam ({total} masks)",
+            unit="batch",
+            disable=True if quiet else None,
+            leave=False,
         ) as bar,
     ):
         for start in range(0, total, batch_size):
@@ -99,7 +104,7 @@ def masked_scores(
             masks = channel_masks(activations[rows, chans], size)
             scores = forward(x.index_select(0, rows) * masks.to(x.dtype), rows)
             out[start : start + batch_size] = scores.gather(1, targets.index_select(0, rows))
-            bar.update(rows.shape[0])
+            bar.update(1)
     return out.reshape(n, m, -1)
 
 

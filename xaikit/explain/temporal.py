@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from xaikit._names import METHOD_ALIASES
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.gradients import (
     GradientMethod,
@@ -168,11 +169,41 @@ def occlusion_over_time(
     return _over_time(occlusion, forward, sequences, targets, feature_reduce, opts)
 
 
-TEMPORAL_METHODS: dict[str, GradientMethod] = {
-    "gradxinput": gradxinput_over_time,
-    "ig": ig_over_time,
-    "occlusion": occlusion_over_time,
-}
+class _MethodTable(dict[str, GradientMethod]):
+    """A method table that also answers to the other name of a method.
+
+    Input x gradient is ``inputxgrad`` for image models and ``gradxinput`` here (see
+    :data:`xaikit._names.METHOD_ALIASES`): both names look up the same function, while
+    iteration lists each method once, under its name in this table.
+    """
+
+    def _key(self, name: object) -> object:
+        if isinstance(name, str) and not dict.__contains__(self, name):
+            for other, canonical in METHOD_ALIASES.items():
+                if name == canonical and dict.__contains__(self, other):
+                    return other
+                if name == other and dict.__contains__(self, canonical):
+                    return canonical
+        return name
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, self._key(name))
+
+    def __getitem__(self, name: str) -> GradientMethod:
+        return dict.__getitem__(self, self._key(name))  # type: ignore[arg-type]
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        """``table[name]``, else ``default``."""
+        return dict.get(self, self._key(name), default)  # type: ignore[arg-type]
+
+
+TEMPORAL_METHODS: dict[str, GradientMethod] = _MethodTable(
+    {
+        "gradxinput": gradxinput_over_time,
+        "ig": ig_over_time,
+        "occlusion": occlusion_over_time,
+    }
+)
 
 
 # --------------------------------------------------------------------------- model level
@@ -303,7 +334,8 @@ def explain_sequence(
         model: a sequence classifier ``(N, T, F) -> (N, outputs)`` (e.g. a zoo
             :class:`~xaikit.zoo.RecurrentClassifier`); borrowed for the call.
         sequences: batch-first sequences, right-padded when ``lengths`` is given.
-        method: ``"gradxinput"``, ``"ig"`` or ``"occlusion"`` (see :data:`TEMPORAL_METHODS`).
+        method: ``"gradxinput"`` (or its other name ``"inputxgrad"``), ``"ig"`` or
+            ``"occlusion"`` (see :data:`TEMPORAL_METHODS`).
         target: see :func:`resolve_sequence_targets`. ``"predicted"``, an int or an ``(N,)``
             tensor give ``(N, T)``; a list of ints or an ``(N, K)`` tensor give ``(N, K, T)``.
         lengths: ``(N,)`` true lengths. Each sequence is explained on its first

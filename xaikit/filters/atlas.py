@@ -10,9 +10,11 @@ and its top data set exemplars cropped to the receptive field
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from xaikit.errors import XaikitConfigError
 from xaikit.filters._common import Normalization, conv_of, fetch_inputs
 from xaikit.filters._plot import data_uri, displayable, grid_axes, image_png, new_figure
 from xaikit.filters.exemplars import Exemplars, exemplars
-from xaikit.filters.maximize import Maximization, maximize
+from xaikit.filters.maximize import Maximization, maximize, maximize_into
 from xaikit.filters.weights import Kernels, weights
 
 CELL = 48  # pixels per cell in the atlas figure
@@ -166,6 +168,9 @@ def atlas(
     normalization: Normalization | None = None,
     batch_size: int = 64,
     quiet: bool | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    header: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> Atlas:
     """Kernel, activation maximization and top-k exemplars for each channel of ``layer``.
 
@@ -181,6 +186,12 @@ def atlas(
             set inputs are unnormalized pixels.
         batch_size: for both the maximization and the exemplar pass.
         quiet: no progress bars (default: ``$XAIKIT_QUIET``).
+        state_dir: a folder for surviving an interruption: the exemplar pass saves its
+            running state there and the maximization goes batch by batch through
+            :func:`~xaikit.filters.maximize.maximize_into` (``state_dir/maximize/`` and its
+            journal); ``None``: everything in memory.
+        header: the settings the results depend on (checked on ``resume``).
+        resume: continue from what ``state_dir`` holds (each record verified first).
 
     Returns:
         :class:`Atlas`, with ``.figure``, ``.html()`` and the data.
@@ -194,9 +205,29 @@ def atlas(
         batch_size=batch_size,
         normalization=normalization,
         quiet=quiet,
+        state_dir=state_dir,
+        header=header,
+        resume=resume,
     )
     if size is None:
         size = int(fetch_inputs(dataset, [0]).shape[-1])
+    if state_dir is not None:
+        settings = {**(header or {}), "steps": steps, "seed": seed, "size": size}
+        images = maximize_into(
+            state_dir,
+            model,
+            found.layer,
+            found.channels,
+            header={**settings, "layer": found.layer, "normalization": normalization},
+            resume=resume,
+            batch_size=batch_size,
+            quiet=quiet,
+            steps=steps,
+            size=size,
+            seed=seed,
+            normalization=normalization,
+        )[0]
+        return Atlas(found.layer, found.channels, _layer_kernels(model, found.layer), images, found)
     images = maximize(
         model,
         found.layer,

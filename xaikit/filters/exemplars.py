@@ -12,14 +12,22 @@ dataset examples of Olah et al., 2017, "Feature Visualization".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from xaikit.errors import DataError, XaikitConfigError
@@ -120,6 +128,9 @@ def exemplars(
     normalization: Normalization | None = None,
     crops: bool = True,
     quiet: bool | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    header: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> Exemplars:
     """The ``k`` inputs of ``dataset`` that activate each channel of ``layer`` most.
 
@@ -137,6 +148,14 @@ def exemplars(
         normalization: ``{"mean": [...], "std": [...]}`` applied before the model.
         crops: also fetch the top inputs and crop them to the receptive field.
         quiet: no progress bar (default: ``$XAIKIT_QUIET``).
+        state_dir: a folder where the running top-k is saved (:data:`STATE` and
+            :data:`STATE_RECORD`) every :data:`STATE_EVERY_S` seconds and when the pass is
+            interrupted (``KeyboardInterrupt``), so that ``resume`` continues where it
+            stopped; removed when the pass completes.
+        header: the settings the result depends on (recorded with the state; a state saved
+            with another header is not resumed).
+        resume: continue from ``state_dir``'s state when its record checks out (same header,
+            the file inside the folder, present, of the recorded size); else start over.
 
     Returns:
         :class:`Exemplars` with ``(C, k)`` values and indices on the model's device.
@@ -160,14 +179,38 @@ def exemplars(
     best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     spatial: tuple[int, ...] = ()
     offset = 0
+    folder = None if state_dir is None else Path(state_dir)
+    chosen_list = None if channels is None else [int(c) for c in channels]
+    settings = {**(header or {}), "layer": name, "channels": chosen_list}
+    settings = json.loads(json.dumps({**settings, "k": k, "reduce": reduce, "size": size}))
+    if folder is not None and resume:
+        restored = _load_state(folder, settings, device)
+        if restored is not None:
+            offset, chosen, best, spatial = restored
+    rest: Dataset | torch.Tensor = dataset
+    if offset:
+        rest = (
+            dataset[offset:]
+            if isinstance(dataset, torch.Tensor)
+            else Subset(dataset, range(offset, size))
+        )
     batches = tqdm(
-        iter_batches(dataset, batch_size),
+        iter_batches(rest, batch_size) if offset < size else iter(()),
         total=-(-size // batch_size),
+        initial=offset // batch_size,
         desc=f"exemplars {name}",
+        unit="batch",
         disable=is_quiet(quiet),
         leave=False,
     )
-    with borrowed(model), torch.no_grad(), Capture(model, {name: module}, stop=True) as capture:
+    saved = time.monotonic()
+    snapshot = (offset, chosen, best, spatial)  # one assignment per batch: never half-updated
+    with (
+        borrowed(model),
+        torch.no_grad(),
+        Capture(model, {name: module}, stop=True) as capture,
+        _saving(folder, settings, lambda: snapshot),
+    ):
         for batch in batches:
             capture.run(apply_normalization(batch.to(device, dtype), stats))
             acts = capture.activations[name]
@@ -184,6 +227,14 @@ def exemplars(
             index = torch.arange(offset, offset + n, device=device).expand(len(chosen), n)
             best = _merge(best, (score.T, index, where.T), k)
             offset += n
+            snapshot = (offset, chosen, best, spatial)
+            if folder is not None and time.monotonic() - saved > STATE_EVERY_S:
+                _save_state(folder, settings, offset, chosen, best, spatial)
+                saved = time.monotonic()
+    snapshot = (offset, chosen, best, spatial)  # one assignment per batch: never half-updated
+    if folder is not None:
+        for leftover in (folder / STATE, folder / STATE_RECORD):
+            leftover.unlink(missing_ok=True)
     if best is None or chosen is None:
         raise DataError("the data set yielded no inputs")
     values, indices, flat_positions = best
@@ -196,6 +247,81 @@ def exemplars(
     if crops:
         result.boxes, result.crops = _crops(dataset, indices, positions, field, device)
     return result
+
+
+# The running state of an interrupted pass, in ``state_dir``, and its record.
+STATE = "exemplars.state.npz"
+STATE_RECORD = "exemplars.state.json"
+# How often (seconds) the running state is saved during the pass.
+STATE_EVERY_S = 30.0
+
+_Best = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _save_state(
+    folder: Path,
+    settings: dict[str, Any],
+    offset: int,
+    chosen: torch.Tensor | None,
+    best: _Best | None,
+    spatial: tuple[int, ...],
+) -> None:
+    """Write the running top-k after ``offset`` inputs (atomically), then its record."""
+    from xaikit.io import atomic_write_bytes, atomic_write_json
+
+    if chosen is None or best is None:
+        return
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        chosen=chosen.cpu().numpy(),
+        values=best[0].cpu().numpy(),
+        indices=best[1].cpu().numpy(),
+        positions=best[2].cpu().numpy(),
+        spatial=np.asarray(spatial, dtype=np.int64),
+    )
+    data = buffer.getvalue()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / STATE, data)
+    record = {"header": settings, "offset": offset, "file": STATE, "size": len(data)}
+    atomic_write_json(folder / STATE_RECORD, record)
+
+
+def _load_state(
+    folder: Path, settings: dict[str, Any], device: torch.device
+) -> tuple[int, torch.Tensor, _Best, tuple[int, ...]] | None:
+    """The saved state when its record checks out (same settings, the file inside
+    ``folder``, present, of the recorded size); else ``None`` (start over)."""
+    try:
+        record = json.loads((folder / STATE_RECORD).read_text(encoding="utf-8"))
+        path = (folder / str(record["file"])).resolve()
+        if (
+            record.get("header") != settings
+            or not path.is_relative_to(folder.resolve())
+            or not path.is_file()
+            or path.stat().st_size != record["size"]
+        ):
+            return None
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {key: torch.from_numpy(saved[key]).to(device) for key in saved.files}
+        offset = int(record["offset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    best = (arrays["values"], arrays["indices"], arrays["positions"])
+    return offset, arrays["chosen"], best, tuple(arrays["spatial"].tolist())
+
+
+@contextlib.contextmanager
+def _saving(
+    folder: Path | None, settings: dict[str, Any], current: Callable[[], tuple[Any, ...]]
+) -> Iterator[None]:
+    """On ``KeyboardInterrupt`` save the state ``current()`` returns, then re-raise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if folder is not None:
+            _save_state(folder, settings, *current())
+        raise
 
 
 def _channels(

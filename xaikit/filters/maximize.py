@@ -18,11 +18,16 @@ or with others, and the same with or without stopping the forward pass early.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -315,3 +320,176 @@ class _Run:
             final_images = image()
         final = self._score(capture, final_images, units).detach()
         return final_images, initial, final, moved
+
+
+# -- defaults, and runs that survive an interruption ---------------------------------------
+
+# Channels `xaikit filters --mode maximize` renders when --channels is not given.
+DEFAULT_CHANNELS = 8
+# The journal of finished channels, in the output folder; one JSON line per channel.
+JOURNAL = "maximize.journal.jsonl"
+
+
+def most_active_channels(
+    model: nn.Module,
+    layer: str | nn.Module,
+    inputs: torch.Tensor,
+    count: int = DEFAULT_CHANNELS,
+    *,
+    normalization: Normalization | None = None,
+) -> list[int]:
+    """The ``count`` channels of ``layer`` with the largest mean activation over ``inputs``
+    (a probe batch of unnormalized inputs), strongest first; ties go to the lower index."""
+    device, dtype = model_device(model), model_dtype(model)
+    x = inputs.to(device, dtype)
+    name = resolve_layer(model, layer, x[:1])[0]
+    acts = activations(model, x, name, normalization=normalization)[name]
+    means = acts.float().transpose(0, 1).reshape(acts.shape[1], -1).mean(dim=1)
+    order = torch.sort(means, descending=True, stable=True).indices
+    return order[:count].tolist()
+
+
+def probe_inputs(
+    model: nn.Module, size: int | None, *, count: int = 16, seed: int = 0
+) -> torch.Tensor:
+    """Uniform noise in ``[0, 1]``, ``(count, C_in, size, size)``: the probe batch when there
+    is no data set (seeded, the global RNG untouched)."""
+    spec = input_spec(model, size=size)
+    if spec.size is None:
+        raise XaikitConfigError(
+            "this model does not record its input size; pass size= (--size on the command line)"
+        )
+    shape = (count, spec.channels, *([spec.size] * spec.dims))
+    return torch.rand(shape, generator=key_generator(seed, "probe"))
+
+
+def _done(out: Path, record: dict[str, Any]) -> bool:
+    """A journal record is done when each of its files lies inside ``out``, exists and has
+    the recorded size."""
+    root = out.resolve()
+    files = record.get("files")
+    if not isinstance(files, dict) or not files:
+        return False
+    for rel, size in files.items():
+        path = (out / str(rel)).resolve()
+        if not path.is_relative_to(root) or not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+def read_journal(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The verified records of ``out``'s journal, by channel. A journal written with other
+    settings (``header``) is an error; a record that fails :func:`_done` is not done."""
+    path = out / JOURNAL
+    if not path.is_file():
+        return {}
+    header = json.loads(json.dumps(header))  # tuples -> lists, as read back
+    records: dict[int, dict[str, Any]] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line
+        if number == 0:
+            if record.get("header") != header:
+                raise XaikitConfigError(
+                    f"{path} was written with other settings ({record.get('header')}); "
+                    "use another --out, or delete it to start over"
+                )
+            continue
+        if isinstance(record.get("unit"), int) and _done(out, record):
+            records[record["unit"]] = record
+    return records
+
+
+def maximize_into(
+    out: str | os.PathLike[str],
+    model: nn.Module,
+    layer: str | nn.Module | None,
+    channels: Sequence[int],
+    *,
+    header: dict[str, Any],
+    resume: bool = False,
+    batch_size: int = 64,
+    quiet: bool | None = None,
+    **options: Any,
+) -> tuple[Maximization, list[str]]:
+    """:func:`maximize` one batch of channels at a time, writing each channel's files
+    (``maximize/channel_NNNN.png`` and the exact float image ``.npy``) and a journal record
+    (:data:`JOURNAL`) as soon as its batch is done, so an interrupted run keeps what it
+    finished. With ``resume``, channels whose record checks out (files inside ``out``,
+    present, of the recorded size) are not redone; the rest are.
+
+    ``header``: the settings the images depend on (model, layer, steps, seed, size, ...);
+    resuming a journal with another header is an error. ``options`` go to :func:`maximize`.
+
+    Returns:
+        the :class:`Maximization` of all ``channels`` (in order; finished ones read back from
+        their ``.npy``) and the files written or kept, relative to ``out``.
+    """
+    from xaikit.filters._plot import image_png
+    from xaikit.io import atomic_write_bytes
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    units = [int(c) for c in channels]
+    done = read_journal(folder, header) if resume else {}
+    pending = [u for u in units if u not in done]
+    journal_path = folder / JOURNAL
+    fresh = not resume or not journal_path.is_file()
+    with open(journal_path, "w" if fresh else "a", encoding="utf-8") as journal:
+        if fresh:
+            journal.write(json.dumps({"header": header}) + "\n")
+            journal.flush()
+        chunks = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+        bar = tqdm(
+            chunks,
+            desc=f"maximize {len(pending)} channels",
+            unit="batch",
+            disable=is_quiet(quiet),
+            leave=False,
+        )
+        for chunk in bar:
+            part = maximize(model, layer, chunk, batch_size=batch_size, quiet=quiet, **options)
+            images = part.images.detach().float().cpu()
+            for i, unit in enumerate(part.units):
+                stem = f"maximize/channel_{unit:04d}"
+                buffer = io.BytesIO()
+                np.save(buffer, images[i].numpy())
+                png = image_png(images[i] if images.dim() == 4 else images[i].unsqueeze(1))
+                atomic_write_bytes(folder / f"{stem}.png", png)
+                atomic_write_bytes(folder / f"{stem}.npy", buffer.getvalue())
+                record = {
+                    "unit": unit,
+                    "layer": part.layer,
+                    "objective": part.objective,
+                    "row": part.summary()[i],
+                    "files": {f"{stem}.png": len(png), f"{stem}.npy": len(buffer.getvalue())},
+                }
+                done[unit] = record
+                journal.write(json.dumps(record) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+    rows = [done[u] for u in units]
+    images = torch.stack(
+        [
+            torch.from_numpy(np.load(folder / f"maximize/channel_{u:04d}.npy", allow_pickle=False))
+            for u in units
+        ]
+    )
+    summary = [r["row"] for r in rows]
+    result = Maximization(
+        images=images,
+        units=units,
+        layer=rows[0]["layer"] if rows else None,
+        objective=rows[0]["objective"] if rows else "",
+        initial_score=torch.tensor([r["initial"] for r in summary], dtype=torch.float64),
+        score=torch.tensor([r["score"] for r in summary], dtype=torch.float64),
+        gain=torch.tensor([r["gain"] for r in summary], dtype=torch.float64),
+        flat=torch.tensor([r["flat"] for r in summary], dtype=torch.bool),
+        steps=int(header.get("steps", options.get("steps", 256))),
+        seed=int(header.get("seed", options.get("seed", 0))),
+    )
+    files = [name for r in rows for name in r["files"]]
+    return result, files

@@ -14,16 +14,42 @@ TrainData = Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given."""
+    """``"auto"`` is CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``,
+    ``"mps"`` as given.
+
+    Raises:
+        XaikitConfigError: an unknown device, or one this machine does not have (CUDA or a
+            CUDA index, MPS), in one line that names it.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise XaikitConfigError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
         raise XaikitConfigError(
-            f"device {str(device)!r} was asked for but CUDA is not available; use 'cpu' or 'auto'"
+            f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'"
+        ) from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise XaikitConfigError(
+                f"device {str(device)!r} was asked for but CUDA is not available; "
+                "use 'cpu' or 'auto'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise XaikitConfigError(
+                f"device {str(device)!r} was asked for but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s); use 'cuda:0' or 'auto'"
+            )
+    elif resolved.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise XaikitConfigError(
+                f"device {str(device)!r} was asked for but MPS (Apple GPU) is not available "
+                "on this machine; use 'cpu' or 'auto'"
+            )
+    elif resolved.type != "cpu":
+        raise XaikitConfigError(
+            f"device {str(device)!r} is not supported; use 'auto', 'cpu', 'cuda' or 'mps'"
         )
     return resolved
 

@@ -317,13 +317,16 @@ def overlay_figure(
     colorbar_label: str = "attribution",
     height: float = 4.0,
     cmap: str | Colormap = "jet",
+    colorbar_range: tuple[float, float] = (0.0, 1.0),
     **overlay_options: Any,
 ) -> Figure:
     """A figure of :func:`overlay` with an optional title and colour bar (``[0, 1]``).
 
     The image part is ``height`` inches tall and keeps the image's aspect ratio; the figure's
     size is fixed by the layout (``fig.get_size_inches()``), so saved files have a
-    predictable pixel size. ``overlay_options`` go to :func:`overlay`.
+    predictable pixel size. ``overlay_options`` go to :func:`overlay`. ``colorbar_range`` is
+    what the colour bar's ends read (``(-1, 1)`` for a signed map drawn as
+    :attr:`~xaikit.viz.colormaps.DisplayMap.colour_values`); the colours are the same.
     """
     rgb = overlay(image, heatmap, cmap=cmap, **overlay_options)
     h, w = rgb.shape[:2]
@@ -340,7 +343,7 @@ def overlay_figure(
         cax = figure.add_axes(
             ((pad + image_width + 0.1) / fig_w, pad / fig_h, 0.15 / fig_w, height / fig_h)
         )
-        mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=get_colormap(cmap))
+        mappable = ScalarMappable(norm=Normalize(*colorbar_range), cmap=get_colormap(cmap))
         figure.colorbar(mappable, cax=cax, label=colorbar_label)
     return figure
 

@@ -47,6 +47,7 @@ from xaikit._version import __version__
 from xaikit.data.images import IMAGE_FORMATS
 from xaikit.data.normalization import denormalize, normalize
 from xaikit.data.registry import dataset_info, load
+from xaikit.data.sampling import balanced_order, dataset_targets
 from xaikit.errors import XaikitConfigError, XaikitError
 from xaikit.explain.engine import check_methods
 from xaikit.explain.layers import resolve_layer
@@ -321,11 +322,27 @@ def dataset_options(
     return {k: v for k, v in options.items() if k in accepted}
 
 
-def _stack(dataset: Any, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(inputs, targets, truth)`` of the first ``count`` items; inputs as raw values (data
+def _sample(dataset: Any, count: int, seed: int, generated: bool) -> list[int]:
+    """Which ``count`` items of ``dataset`` the report shows.
+
+    A generated data set (its loader takes ``n``) is a seeded random draw already: its first
+    ``count``. A fixed one (an image folder, files sorted by class) is sampled class-balanced
+    with ``seed``, in :func:`~xaikit.data.sampling.balanced_order`, so the gallery's first
+    ``n`` are balanced too.
+    """
+    targets = None if generated else dataset_targets(dataset)
+    if targets is None or len(targets) != len(dataset):
+        return list(range(count))
+    return balanced_order(targets, seed)[:count]
+
+
+def _stack(
+    dataset: Any, indices: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(inputs, targets, truth)`` of the items at ``indices``; inputs as raw values (data
     sets hand out model-ready items: their own normalization is undone here, the model's is
     applied by :meth:`ReportContext.model_inputs`)."""
-    items = [dataset[i] for i in range(count)]
+    items = [dataset[i] for i in indices]
     inputs = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
     applied = getattr(dataset, "normalization", None)
     if applied:
@@ -381,7 +398,8 @@ def load_context(
     data_options: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> ReportContext:
-    """Load the model and the first test samples of ``data`` and run the model on them.
+    """Load the model and test samples of ``data`` and run the model on them (a fixed data
+    set is sampled class-balanced with ``settings.seed``, a generated one drawn with it).
 
     ``data`` defaults to the data set named in the model card. Raises
     :class:`~xaikit.errors.XaikitConfigError` when the model and the data do not fit
@@ -406,7 +424,9 @@ def load_context(
         raise XaikitConfigError(f"the test split of {data!r} is empty")
     kind = _kind(net, full_card, getattr(dataset, "input_kind", None))
     pool_count = min(len(dataset), count)
-    pool, targets, truth = _stack(dataset, pool_count)
+    pool, targets, truth = _stack(
+        dataset, _sample(dataset, pool_count, settings.seed, "n" in options)
+    )
     n = min(max(settings.n, eval_n), pool_count)
     task = get_task(net).name
     normalization = full_card.get("normalization") or getattr(dataset, "normalization", None)

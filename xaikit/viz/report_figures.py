@@ -26,6 +26,7 @@ from xaikit.errors import XaikitConfigError
 from xaikit.evaluate import METRICS, EvaluationReport
 from xaikit.filters import Atlas
 from xaikit.filters._plot import new_figure
+from xaikit.viz.colormaps import display_family, display_map
 from xaikit.viz.overlay import overlay, to_display_image
 
 BASELINES = ("random", "gaussian")
@@ -53,12 +54,14 @@ class GridCell:
         heatmap: ``(h, w)`` map in ``[0, 1]``, or ``None`` to show the image alone.
         title: text above the cell.
         mask: optional ``(H, W)`` ground-truth mask drawn as a contour.
+        cmap: the cell's colormap (a gradient method's display rule); ``None``: the grid's.
     """
 
     image: torch.Tensor
     heatmap: torch.Tensor | None = None
     title: str = ""
     mask: torch.Tensor | None = None
+    cmap: str | None = None
 
 
 def overlay_grid_figure(
@@ -87,7 +90,8 @@ def overlay_grid_figure(
                 if mask is not None:
                     picture = overlay(cell.image, np.zeros(picture.shape[:2]), alpha=0.0, mask=mask)
             else:
-                picture = overlay(cell.image, cell.heatmap.detach().cpu(), mask=mask, cmap=cmap)
+                heat = cell.heatmap.detach().cpu()
+                picture = overlay(cell.image, heat, mask=mask, cmap=cell.cmap or cmap)
             ax.imshow(picture, interpolation="nearest")
             ax.set_title(cell.title, fontsize=7)
     if title:
@@ -102,21 +106,39 @@ def method_grid_figure(
     captions: Sequence[str] | None = None,
     masks: torch.Tensor | None = None,
     title: str | None = None,
+    raw: Mapping[str, torch.Tensor] | None = None,
+    sign: str = "auto",
 ) -> Figure:
     """Rows: images; columns: the input then one overlay per method.
+
+    CAM-family columns are drawn as always (the ``[0, 1]`` map on jet); gradient methods by
+    :func:`xaikit.viz.colormaps.display_map` (``|a|`` clipped at its 99th percentile on a
+    sequential colormap, or signed on a diverging one with ``sign="all"``), from ``raw`` when
+    it has the method, else from its ``[0, 1]`` map; the column title names the rule (e.g.
+    ``"saliency (|a| ≤p99)"``).
 
     Args:
         images: ``(N, C, H, W)`` unnormalized inputs.
         maps: ``{method: (N, H, W)}`` heatmaps in ``[0, 1]``.
         captions: ``N`` texts for the input column (e.g. ``"star -> star 0.97"``).
         masks: ``(N, H, W)`` ground-truth masks drawn as contours.
+        raw: ``{method: (N, H, W)}`` raw signed maps of gradient methods (optional; the sign
+            of a signed method is lost in its min-max ``[0, 1]`` map).
+        sign: the display rule's ``sign`` (see :func:`~xaikit.viz.colormaps.display_map`).
     """
     rows = []
     for i in range(images.shape[0]):
         mask = None if masks is None else masks[i]
         caption = captions[i] if captions is not None else f"#{i}"
         row = [GridCell(images[i], None, caption, mask)]
-        row += [GridCell(images[i], m[i], name, mask) for name, m in maps.items()]
+        for name, m in maps.items():
+            if display_family(name) == "cam":
+                row.append(GridCell(images[i], m[i], name, mask))
+                continue
+            source = raw[name] if raw is not None and name in raw else m
+            shown = display_map(source[i], name, sign=sign)
+            heat = torch.from_numpy(shown.colour_values)
+            row.append(GridCell(images[i], heat, f"{name} ({shown.short})", mask, shown.cmap))
         rows.append(row)
     return overlay_grid_figure(rows, title=title)
 
