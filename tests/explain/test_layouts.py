@@ -286,3 +286,41 @@ def test_hugging_face_style_outputs_are_indexed_by_position():
     for output in (None, 0, "logits"):
         mapped = xaikit.explain(Wrapped(inner), x, target=1, output=output)
         torch.testing.assert_close(mapped, plain)
+
+
+class ListBlock(nn.Module):
+    """Takes and returns a list, and checks that it is one (timm's SelecSLS blocks do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        assert isinstance(x, list), "a list in, a list out"
+        return [self.conv(x[0]), x[0]]
+
+
+class ListNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = ListBlock()
+        self.after = ListBlockAfter()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.after(self.block([x]))[0].mean(dim=(2, 3)))
+
+
+class ListBlockAfter(nn.Module):
+    def forward(self, x):
+        assert isinstance(x, list), "a list in, a list out"
+        return [x[0].relu(), x[1]]
+
+
+def test_a_list_output_stays_a_list_when_captured_or_traced():
+    torch.manual_seed(0)
+    model = ListNet().eval()
+    x = torch.rand(2, 3, 8, 8)
+    assert auto_layer(model, x) == "after"  # traced: the list reached `after` as a list
+    result = xaikit.explain(model, x, target=1, layer="block", return_result=True)
+    assert result.layout == "nchw 8x8" and result.raw.shape == (2, 1, 8, 8)

@@ -143,7 +143,7 @@ class Capture:
                 return None  # the output itself goes on; its version counter is watched
             else:
                 passed_on = stored  # the leaf goes on, so the backward stops at it
-            return passed_on if isinstance(output, torch.Tensor) else (passed_on, *output[1:])
+            return replace_first(output, passed_on)
 
         return hook
 
@@ -191,6 +191,16 @@ class Capture:
             _MODIFIED_IN_PLACE.add(module)
             marked = True
         return marked
+
+
+def replace_first(output: Any, tensor: torch.Tensor) -> Any:
+    """``output`` with its (first) tensor replaced, of the same type: a list stays a list
+    (SelecSLS's blocks test ``isinstance(x, list)``), a tuple a tuple."""
+    if isinstance(output, torch.Tensor):
+        return tensor
+    if isinstance(output, list):
+        return [tensor, *output[1:]]
+    return (tensor, *output[1:])
 
 
 def hook_count(model: nn.Module) -> int:

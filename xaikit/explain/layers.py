@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from xaikit.errors import XaikitConfigError
+from xaikit.explain.hooks import replace_first
 from xaikit.explain.layouts import (
     Layout,
     ModelHints,
@@ -163,7 +164,7 @@ def trace(
             # after the module (DenseNet's) must not cut the copy from the graph.
             passed = tensor.clone()
             outputs.setdefault(name, []).append(passed)
-            return passed if isinstance(output, torch.Tensor) else (passed, *output[1:])
+            return replace_first(output, passed)
 
         return hook
 
