@@ -130,3 +130,132 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> list[str]:
     clean, where = finite_json(obj)
     atomic_write_text(path, json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
     return where
+
+
+# -- output folders -----------------------------------------------------------------------
+
+LOCK_NAME = ".xaikit.lock"
+
+
+def check_out(path: str | os.PathLike[str], *, file: bool = False) -> Path:
+    """Refuse an ``--out`` that cannot be written, before any work; returns it as a Path.
+
+    A folder output (the default) must not be an existing file nor lie under one, and the
+    nearest existing folder above it must be writable. With ``file=True`` (``--out FILE``)
+    the path must not be a folder and its parent must pass the same checks. Nothing is
+    created.
+
+    Raises:
+        XaikitConfigError: one line saying why.
+    """
+    from xaikit.errors import XaikitConfigError
+
+    target = Path(path)
+    if file:
+        if target.is_dir():
+            raise XaikitConfigError(f"--out {target} is a folder; give a file name")
+        folder = target.parent
+    else:
+        if target.exists() and not target.is_dir():
+            raise XaikitConfigError(f"--out {target} is a file, not a folder")
+        folder = target
+    probe, missing = folder.absolute(), None
+    while not probe.exists() and probe.parent != probe:
+        probe, missing = probe.parent, probe
+    if probe.exists() and not probe.is_dir():
+        raise XaikitConfigError(f"--out {target} cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise XaikitConfigError(f"--out {target} cannot be written: no permission in {probe}")
+    try:  # a real try (root passes os.access, /proc and read-only mounts do not)
+        if missing is not None:
+            with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+                os.mkdir(missing)
+                os.rmdir(missing)
+        else:
+            os.unlink(_create_temporary(probe, "xaikit-check")[0])
+    except OSError as err:
+        raise XaikitConfigError(
+            f"--out {target} cannot be written in {probe}: {err.strerror or err}"
+        ) from None
+    return target
+
+
+def _holder(fd: int) -> str:
+    """The lock file's ``pid … on host … (command)`` line, for the message."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return f"pid {info['pid']} on {info['host']} ({info['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def lock_out(path: str | os.PathLike[str], command: str) -> Iterator[Path]:
+    """Hold an exclusive lock on the output folder ``path`` while the block runs.
+
+    The lock is ``fcntl.flock`` on ``<path>/.xaikit.lock``, which records the pid, host and
+    command of the holder. The kernel drops it when the holder exits, however it exits, so
+    the lock of a dead process never blocks. The folder is created if needed; on exit the
+    lock file is removed, and so is the folder when the run left it empty.
+
+    Raises:
+        XaikitConfigError: another run holds the lock (its pid, host and command are named),
+            or the folder cannot be created.
+    """
+    import socket
+    import sys
+
+    from xaikit.errors import XaikitConfigError
+
+    folder = check_out(path)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise XaikitConfigError(f"--out {folder} cannot be created: {err.strerror}") from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory lock
+        yield folder
+        return
+    lock = folder / LOCK_NAME
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    while True:
+        try:
+            fd = os.open(lock, flags, 0o666)
+        except OSError as err:
+            raise XaikitConfigError(f"--out {folder}: cannot create {lock}: {err.strerror}") from (
+                None
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise XaikitConfigError(
+                f"--out {folder} is in use by {holder}; wait for it to finish or use another --out"
+            ) from None
+        try:  # the file we locked may have been removed by a holder that just finished
+            same = os.path.samestat(os.fstat(fd), os.stat(lock, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "argv": sys.argv,
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)  # releases the lock
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty

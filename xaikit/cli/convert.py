@@ -145,6 +145,15 @@ def _class_names(args: argparse.Namespace, card: dict[str, Any]) -> list[str] | 
 
 
 def run(args: argparse.Namespace) -> int:
+    """Refuse an unusable ``--out`` and hold its lock, before any work; then run."""
+    from xaikit.io import check_out, lock_out
+
+    check_out(args.out)
+    with lock_out(args.out, "convert"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from xaikit.data.normalization import check_normalization
     from xaikit.zoo.checkpoint import CARD_SUFFIX, load_model, save_model
 

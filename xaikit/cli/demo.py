@@ -51,6 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Refuse an unusable ``--out`` and hold its lock, before any work; then run."""
+    from xaikit.io import check_out, lock_out
+
+    check_out(args.out)
+    with lock_out(args.out, "demo"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from xaikit.demo import run_demo  # torch and the whole pipeline: only when the demo runs
 
     result = run_demo(

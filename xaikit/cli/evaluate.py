@@ -154,6 +154,15 @@ def _json_safe(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Refuse an unusable ``--out`` (a folder, or under a file) before any work; then run."""
+    from xaikit.io import check_out
+
+    if args.out:
+        check_out(args.out, file=True)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from xaikit.evaluate.suite import evaluate_methods

@@ -111,7 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help=f"skip images that {JOURNAL} in --out records as done with all files present",
+        help=f"skip images that {JOURNAL} in --out records as done with all files present "
+        "inside --out at their recorded sizes (anything else is explained again)",
     )
     parser.add_argument(
         "--score",
@@ -324,6 +325,17 @@ def _refuse_large(
 
 
 def run(args: argparse.Namespace) -> int:
+    """Refuse an unusable ``--out`` and hold its lock, before any work; then run."""
+    from xaikit.explain.files import check_out_of_inputs
+    from xaikit.io import check_out, lock_out
+
+    check_out_of_inputs(args.inputs, args.out)
+    check_out(args.out)
+    with lock_out(args.out, "explain"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from xaikit.explain.files import explain_files
     from xaikit.train.loaders import resolve_device
 

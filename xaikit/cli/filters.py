@@ -281,6 +281,15 @@ def _maximize(
 
 
 def run(args: argparse.Namespace) -> int:
+    """Refuse an unusable ``--out`` and hold its lock, before any work; then run."""
+    from xaikit.io import check_out, lock_out
+
+    check_out(args.out)
+    with lock_out(args.out, "filters"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from xaikit.filters import activations, atlas, exemplars, weights
     from xaikit.filters._common import fetch_inputs
     from xaikit.filters._plot import figure_png, image_png

@@ -136,6 +136,15 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Refuse an unusable ``--out`` (a folder, or under a file) before any work; then run."""
+    from xaikit.io import check_out
+
+    if args.out:
+        check_out(args.out, file=True)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from xaikit.viz.report import build_report  # torch, matplotlib: only when a report is built
 
     out = Path(args.out)

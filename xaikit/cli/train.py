@@ -149,6 +149,15 @@ def kept_line(selection: dict[str, Any] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Refuse an unusable ``--out`` and hold its lock, before any work; then run."""
+    from xaikit.io import check_out, lock_out
+
+    check_out(args.out)
+    with lock_out(args.out, "train"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from xaikit.train.recipe import train_recipe
 
     recipe = recipe_from_args(args)

@@ -35,7 +35,11 @@ colormap centred on zero; the figure's title names the rule ("cat (p=0.97) — i
 ``<target>`` is ``<index>-<class name>`` (or ``<index>`` when the model has no class names).
 An image ``cat.jpg`` given directly has the key ``cat.jpg``; an image found in a folder
 ``imgs`` given as input has the key ``imgs/<path inside imgs>`` (e.g. ``imgs/sub/cat.jpg``).
-Keys that would collide get ``~2``, ``~3``, ... appended.
+Keys that would collide get ``~2``, ``~3``, ... appended; so does a key whose first part is
+one of the run's own names (``results.json``, ``results.jsonl``, ``.xaikit.lock``): an image
+given as ``results.json`` is written to ``results.json~2/``. ``out`` may not be an input
+folder nor lie inside one (refused before any work). One run at a time holds ``out`` (the
+command line locks ``out/.xaikit.lock``; a second run exits 2 naming the holder).
 
 Crash safety: every file is written atomically (a temporary file renamed into place). The
 journal ``results.jsonl`` starts with one ``{"kind": "run", ...}`` line (the settings) and
@@ -45,9 +49,12 @@ batch_size`` images and at the end. A kill leaves at worst a cut-off last line, 
 ignored. ``results.json`` is rewritten atomically from the journal when the run ends, so it
 is always either complete or absent (a run that stops early leaves only the journal; resume
 it). With ``resume=True`` an input is skipped when its last journal record is an image
-record whose files all exist; bad files are tried again. Resuming with other settings
-(model, methods, target, layer, score, input shape, normalization, colours, figures) is
-refused.
+record whose files all check out: each path relative, inside ``out`` once resolved (no
+``..``, no absolute path, no symlink leading out), a regular file, of the byte size the
+record's ``sizes`` gives it (a record without sizes, e.g. hand-edited or from an older
+xaikit, counts as not done). Anything else is explained again; bad files are tried again.
+Resuming with other settings (model, methods, target, layer, score, input shape,
+normalization, colours, figures) is refused.
 
 Speed: the files of one batch are encoded and written by a few threads while the next batch
 is read and explained (PNG encoding, resizing and fsync release the GIL); the titled figures
@@ -57,10 +64,12 @@ the slowest part (``figures=False`` / ``--no-figure`` skips them).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import re
+import stat
 import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -85,7 +94,7 @@ from xaikit.explain.api import explain
 from xaikit.explain.cam import CAM_METHODS
 from xaikit.explain.engine import SCORE_CAM_METHODS, check_methods
 from xaikit.explain.result import Explanation
-from xaikit.io import atomic_path, atomic_write_text, dumps_json
+from xaikit.io import LOCK_NAME, atomic_path, atomic_write_text, dumps_json
 from xaikit.viz.colormaps import check_sign, display_family, display_map, get_colormap
 from xaikit.viz.overlay import MAX_OVERLAY_SIDE, display_pixels, overlay, overlay_figure
 
@@ -95,6 +104,12 @@ _FIGURE_MIN, _FIGURE_MAX, _FIGURE_DPI = 256, 768, 100
 _UNSAFE = re.compile(r"[^\w.+-]+")
 #: Methods outside the CAM registry that explain a layer too.
 _OTHER_LAYER_METHODS = (*SCORE_CAM_METHODS, "guided-gradcam")
+
+
+#: Names in the output folder that belong to the run itself. An input whose output folder
+#: would take one of them (an image given as ``results.json``, a folder named
+#: ``results.jsonl``) gets ``~2`` appended to that name instead: ``out/results.json~2/``.
+RESERVED_NAMES = frozenset({RESULTS, JOURNAL, LOCK_NAME})
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,9 @@ def collect_images(
         if resolved in seen:
             return
         seen.add(resolved)
+        head, sep, rest = key.partition("/")
+        if head in RESERVED_NAMES:  # the run's own files: out/results.json/ would collide
+            key = f"{head}~2{sep}{rest}"
         unique, n = key, 1
         while unique in keys:
             n += 1
@@ -191,6 +209,29 @@ def collect_images(
         for file in found:
             add(file, f"{prefix}/{file.relative_to(path).as_posix()}")
     return sources
+
+
+def check_out_of_inputs(
+    inputs: Iterable[str | os.PathLike[str]], out: str | os.PathLike[str]
+) -> None:
+    """Refuse an output folder that is an input folder or lies inside one (its outputs
+    would be read back as inputs), and one that is an input file.
+
+    Raises:
+        XaikitConfigError: naming the input folder.
+    """
+    target = Path(out).resolve()
+    for given in inputs:
+        path = Path(given)
+        if not path.exists():
+            continue
+        folder = path.resolve()
+        if target == folder or (path.is_dir() and target.is_relative_to(folder)):
+            where = "is" if target == folder else "lies inside"
+            raise XaikitConfigError(
+                f"--out {out} {where} the input {given}; write the outputs to a folder "
+                "outside the inputs"
+            )
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -352,17 +393,78 @@ def _check_same_settings(path: Path, before: Mapping[str, Any], header: Mapping[
         )
 
 
+def _output_names(record: Mapping[str, Any]) -> list[str] | None:
+    """The output file names of an image record, or None when the record is malformed."""
+    outputs = record.get("outputs")
+    if not isinstance(outputs, dict):
+        return None
+    names: list[str] = []
+    for entries in outputs.values():
+        if not isinstance(entries, list):
+            return None
+        for entry in entries:
+            if not isinstance(entry, dict):
+                return None
+            for key in _OUTPUT_KEYS:
+                if key in entry:
+                    if not isinstance(entry[key], str):
+                        return None
+                    names.append(entry[key])
+    return names
+
+
+def _inside(out: Path, name: str) -> Path | None:
+    """``out / name`` when ``name`` is a relative path that stays inside ``out`` (no ``..``,
+    no absolute path, no symlink leading out), else None."""
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name:
+        return None
+    path = out / rel
+    try:
+        if not path.resolve().is_relative_to(out.resolve()):
+            return None
+    except (OSError, RuntimeError):
+        return None
+    return path
+
+
 def _is_done(record: dict[str, Any] | None, out: Path) -> bool:
+    """Whether a journal record proves its image done: every output path lies inside
+    ``out``, is a regular file there, and has the size the record's ``sizes`` gives it.
+    Anything else (a hand-edited path such as ``/etc/passwd``, a missing or resized file, a
+    record without sizes, a malformed record) means the image is explained again."""
     if record is None or record.get("kind") != "image":
         return False
-    files = [
-        name
-        for outputs in record.get("outputs", {}).values()
-        for entry in outputs
-        for key, name in entry.items()
-        if key in ("overlay", "figure", "map", "raw") and isinstance(name, str)
-    ]
-    return all((out / name).is_file() for name in files)
+    names = _output_names(record)
+    sizes = record.get("sizes")
+    if names is None or not isinstance(sizes, dict):
+        return False
+    for name in names:
+        path = _inside(out, name)
+        size = sizes.get(name)
+        if path is None or not isinstance(size, int) or isinstance(size, bool):
+            return False
+        try:
+            st = path.lstat()
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return False
+    return True
+
+
+def _add_sizes(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``record`` with ``sizes``: the byte size of each of its output files (the journal
+    keeps them so that ``--resume`` can tell a complete file from a replaced one)."""
+    sizes: dict[str, int] = {}
+    for name in _output_names(record) or []:
+        with contextlib.suppress(OSError):
+            sizes[name] = (out / name).stat().st_size
+    record["sizes"] = sizes
+    return record
+
+
+_OUTPUT_KEYS = ("overlay", "figure", "map", "raw")
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -449,8 +551,9 @@ class _Sink:
     and appends each image's journal record once all its files are in place, in input order.
     At most ``limit`` images wait for their files, which bounds the memory they hold."""
 
-    def __init__(self, journal: _Journal, workers: int, limit: int) -> None:
+    def __init__(self, journal: _Journal, workers: int, limit: int, out: Path) -> None:
         self.journal = journal
+        self.out = out
         self.limit = max(1, limit)
         self.pool = ThreadPoolExecutor(workers, "xaikit-write") if workers > 0 else None
         self.pending: deque[tuple[dict[str, Any], list[Future[None]]]] = deque()
@@ -474,7 +577,7 @@ class _Sink:
         record, jobs = self.pending.popleft()
         for job in jobs:
             job.result()  # an error while writing (e.g. a full disk) is raised here
-        self.journal.append(record)
+        self.journal.append(_add_sizes(record, self.out))
         self.unsynced += 1
         if self.unsynced >= self.limit:
             self.journal.sync()
@@ -495,7 +598,7 @@ class _Sink:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
         while self.pending and all(_written(job) for job in self.pending[0][1]):
-            self.journal.append(self.pending.popleft()[0])
+            self.journal.append(_add_sizes(self.pending.popleft()[0], self.out))
         self.pending.clear()
         self.journal.sync()
 
@@ -626,6 +729,7 @@ def _write_results(
             if record is not None and record.get("kind") == kind:
                 record = dict(record)
                 record.pop("kind", None)
+                record.pop("sizes", None)  # journal bookkeeping, not a result
                 yield record
 
     def block(obj: Any) -> str:
@@ -778,6 +882,14 @@ def explain_files(
     layers = _layers(model, methods, target, layer, score, shape, names, reshape)
 
     out_dir = Path(out)
+    check_out_of_inputs(inputs, out_dir)
+    for own in (RESULTS, JOURNAL):
+        if (out_dir / own).is_symlink() or (
+            (out_dir / own).exists() and not (out_dir / own).is_file()
+        ):
+            raise XaikitConfigError(
+                f"{out_dir / own} is not a regular file; remove it or use another --out"
+            )
     sources = collect_images(inputs, exclude=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = dict(model_info or {})
@@ -808,7 +920,7 @@ def explain_files(
     journal = _Journal(out_dir / JOURNAL, header, resume)
     summary = FilesSummary(out=out_dir, results=results_path, total=len(sources))
     threads = min(4, os.cpu_count() or 1) if workers is None else workers
-    sink = _Sink(journal, threads, limit=2 * batch_size)
+    sink = _Sink(journal, threads, limit=2 * batch_size, out=out_dir)
     writer = _Writer(
         out_dir, cmap, alpha, _Figures(cmap, alpha) if figures else None, sink, sign=sign
     )
