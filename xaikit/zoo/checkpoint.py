@@ -27,6 +27,7 @@ from xaikit._version import __version__
 from xaikit.errors import CheckpointError, XaikitConfigError
 from xaikit.io import atomic_path, atomic_write_json
 from xaikit.zoo.heads import get_task
+from xaikit.zoo.limits import check_input_shape
 from xaikit.zoo.registry import TORCHVISION_PREFIX, create_model
 
 CARD_FORMAT = "xaikit-model-card"
@@ -319,6 +320,10 @@ def load_model(
         override = read_weights_file(weights)
         state = override.state
     card = read_card(weights_path)
+    try:
+        check_input_shape(card.get("input_shape"))
+    except XaikitConfigError as err:
+        raise CheckpointError(f"{weights_path}: model card: {err}") from None
     sha = card.get("weights_sha256")
     if override is None and sha is not None and sha != _sha256(weights_path):
         raise CheckpointError(

@@ -19,6 +19,7 @@ from torch import nn
 
 from xaikit.errors import XaikitConfigError
 from xaikit.zoo.cnn import ResNetSmall, SimpleCNN, SimpleCNN1d, VGGSmall
+from xaikit.zoo.limits import check_meta_limits, check_zoo_limits
 from xaikit.zoo.rnn import RecurrentClassifier
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -131,6 +132,7 @@ def create_model(
     Returns:
         The model, in train mode, with ``model.spec`` holding the arguments that rebuild it.
     """
+    _check_limits(name, num_classes, task, in_channels, config)
     if name.startswith(TORCHVISION_PREFIX):
         model = _torchvision_model(
             name[len(TORCHVISION_PREFIX) :], num_classes, task, in_channels, config
@@ -153,6 +155,34 @@ def create_model(
         **config,
     }
     return model
+
+
+def _check_limits(
+    name: str, num_classes: Any, task: str, in_channels: Any, config: dict[str, Any]
+) -> None:
+    """Refuse, before anything is allocated, options whose types are wrong or whose model
+    is past the size limits of :mod:`xaikit.zoo.limits` (``XAIKIT_MAX_PARAMS``)."""
+    if name.startswith(TORCHVISION_PREFIX):
+        plain = {k: v for k, v in config.items() if k != "weights"}
+        short = name[len(TORCHVISION_PREFIX) :]
+        check_meta_limits(
+            name,
+            num_classes,
+            config,
+            lambda: _torchvision_model(short, num_classes, task, in_channels, plain),
+        )
+    elif name.startswith(TIMM_PREFIX):
+        plain = {k: v for k, v in config.items() if k != "pretrained"}
+        short = name[len(TIMM_PREFIX) :]
+        check_meta_limits(
+            name,
+            num_classes,
+            config,
+            lambda: _timm_model(short, num_classes, task, in_channels, plain),
+        )
+    else:
+        arch_info(name)
+        check_zoo_limits(name, num_classes, task, in_channels, config)
 
 
 def _torchvision_model(
