@@ -45,7 +45,7 @@ from xaikit.explain.adapter import ExplainWarning, InputKey, ModelAdapter, Outpu
 from xaikit.explain.attention import ATTENTION_METHODS, attention_map, options_of
 from xaikit.explain.cam import CAM_METHODS
 from xaikit.explain.hooks import Capture
-from xaikit.explain.layers import auto_layer_cached, resolve_layer
+from xaikit.explain.layers import auto_layer_cached, is_attention_internal, resolve_layer
 from xaikit.explain.layouts import (
     Layout,
     Reshape,
@@ -510,6 +510,17 @@ def _run(
         activations = capture.activations[layer_name]
         tuple_output = layer_name in capture.tuples
         # Decided before any backward pass: a layer that is no map of the input is refused.
+        if settings.reshape == "auto" and is_attention_internal(adapter.model, layer_name):
+            # Its shape may pass for a map (q|k|v as channels, a small attention matrix).
+            seen = "x".join(str(v) for v in activations.shape[1:])
+            raise XaikitConfigError(
+                f"layer {layer_name!r} outputs (N, {seen}) inside an attention module (q, k, v, "
+                "their norms or the attention probabilities): it is not a map of the input; "
+                "choose the "
+                "block or its first norm (`xaikit layers --why`), a method that reads the "
+                "attention (attention-rollout, attention-gradients), or pass --reshape / "
+                "reshape= to insist"
+            )
         layout = layout_for(
             layer_name,
             tuple(activations.shape),

@@ -337,6 +337,11 @@ def _attention_names(modules: dict[str, nn.Module]) -> set[str]:
     return inside
 
 
+def is_attention_internal(model: nn.Module, name: str) -> bool:
+    """Whether module ``name`` is an attention module, inside one, or an attention part."""
+    return name in _attention_names(dict(model.named_modules()))
+
+
 def explain_choices(
     rows: list[LayerInfo], model: nn.Module, num_outputs: int | None
 ) -> list[LayerInfo]:
