@@ -7,6 +7,11 @@ at the end (and every 100 calls, to show the trend); hooks on the model are coun
 
     python benchmarks/bench_memory.py            # 1,000 calls
     python benchmarks/bench_memory.py --calls 200 --device cuda
+    python benchmarks/bench_memory.py --peak     # peak memory by input count and IG steps
+
+``--peak`` runs ``bench_peak_memory.py`` (the memory-budget figures: IG on 8 resnet50
+images at 224 px, saliency and Grad-CAM on 10,000 64x64 images); the remaining arguments
+go to it.
 """
 
 from __future__ import annotations
@@ -57,6 +62,11 @@ def one_call(i: int, model: torch.nn.Module, x: torch.Tensor) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--peak" in argv:
+        import bench_peak_memory  # beside this file
+
+        return bench_peak_memory.main([a for a in argv if a != "--peak"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=40)
