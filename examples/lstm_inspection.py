@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     count = 6 if args.fast else 32
-    methods = ["gradxinput", "occlusion"] if args.fast else ["gradxinput", "ig", "occlusion"]
+    methods = ["inputxgrad", "occlusion"] if args.fast else ["inputxgrad", "ig", "occlusion"]
 
     model, card = xaikit.load_model(args.model)
     length, features = card["input_shape"]  # (T, F)

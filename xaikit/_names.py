@@ -58,7 +58,7 @@ DEFAULT_BASELINES: tuple[str, ...] = ("random", "gaussian")
 
 #: Heatmap methods of the report's gallery: for CNNs, and for recurrent models.
 REPORT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "saliency")
-REPORT_SEQUENCE_METHODS: tuple[str, ...] = ("gradxinput", "ig", "occlusion")
+REPORT_SEQUENCE_METHODS: tuple[str, ...] = ("inputxgrad", "ig", "occlusion")
 #: The reference models ``xaikit demo`` needs, with the data set each is shown on.
 DEMO_MODELS: dict[str, str] = {
     "shapes-multiclass": "shapes",

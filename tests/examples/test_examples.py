@@ -184,7 +184,7 @@ def _check_lstm(out: Path, models_dir: Path) -> None:
     expected = float((random.argmax(dim=1) == test.positions).float().mean())
     assert data["sequences"] == 6
     rates = data["marker_hit_rate"]
-    assert set(rates) == {"gradxinput", "occlusion", "random"}
+    assert set(rates) == {"inputxgrad", "occlusion", "random"}
     assert rates["random"] == expected
     for rate in rates.values():
         assert rate * 6 == pytest.approx(round(rate * 6))

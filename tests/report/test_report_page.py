@@ -168,7 +168,7 @@ def test_recurrent_page_shows_gates_and_scores_temporal_maps(pages, tiny_models)
     text = _text(pages["recall-lstm"])
     recurrent = section_html(text, "recurrent")
     alts = [image["alt"] for image in parse(recurrent).images]
-    assert "lstm states 0" in alts and "temporal gradxinput 0" in alts
+    assert "lstm states 0" in alts and "temporal inputxgrad 0" in alts
     assert "forget gate" in recurrent
     assert "no convolution filters" in section_html(text, "filters")
 
@@ -177,7 +177,7 @@ def test_recurrent_page_shows_gates_and_scores_temporal_maps(pages, tiny_models)
     sequences = torch.stack([dataset[i][0] for i in range(6)])
     maps = explain_sequence(model, sequences, method="gradxinput")
     hits = (maps.argmax(dim=1) == dataset.positions[:6]).float().mean()
-    row = re.search(r"<td>gradxinput</td><td>([0-9.]+)</td>", section_html(text, "evaluation"))
+    row = re.search(r"<td>inputxgrad</td><td>([0-9.]+)</td>", section_html(text, "evaluation"))
     assert float(row.group(1)) == pytest.approx(float(hits), abs=5e-4)
 
 

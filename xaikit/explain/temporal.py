@@ -11,7 +11,7 @@ the one spatial axis), so K targets, baselines and captum's implementations are 
 ============== ================================================ ===========================
 method         what it measures                                 feature rule (default)
 ============== ================================================ ===========================
-``gradxinput`` ``x_tf * dS/dx_tf`` (Shrikumar et al., 2016)     ``sum`` over F: signed,
+``inputxgrad`` ``x_tf * dS/dx_tf`` (Shrikumar et al., 2016)     ``sum`` over F: signed,
                                                                 first-order contribution
 ``ig``         integrated gradients over time (Sundararajan     ``sum`` over F: the map
                et al., 2017) from a baseline sequence           sums to ``S(x) - S(x')``
@@ -172,9 +172,9 @@ def occlusion_over_time(
 class _MethodTable(dict[str, GradientMethod]):
     """A method table that also answers to the other name of a method.
 
-    Input x gradient is ``inputxgrad`` for image models and ``gradxinput`` here (see
-    :data:`xaikit._names.METHOD_ALIASES`): both names look up the same function, while
-    iteration lists each method once, under its name in this table.
+    Input x gradient is ``inputxgrad`` for sequences as for images; its other name
+    ``gradxinput`` (see :data:`xaikit._names.METHOD_ALIASES`) looks up the same function,
+    while iteration lists each method once, under its one name.
     """
 
     def _key(self, name: object) -> object:
@@ -199,7 +199,7 @@ class _MethodTable(dict[str, GradientMethod]):
 
 TEMPORAL_METHODS: dict[str, GradientMethod] = _MethodTable(
     {
-        "gradxinput": gradxinput_over_time,
+        "inputxgrad": gradxinput_over_time,
         "ig": ig_over_time,
         "occlusion": occlusion_over_time,
     }
@@ -320,7 +320,7 @@ def _group_options(opts: dict[str, Any], index: Tensor, size: int) -> dict[str, 
 def explain_sequence(
     model: nn.Module,
     sequences: Tensor,
-    method: str = "gradxinput",
+    method: str = "inputxgrad",
     target: Target = "predicted",
     *,
     lengths: Sequence[int] | Tensor | None = None,
@@ -334,7 +334,7 @@ def explain_sequence(
         model: a sequence classifier ``(N, T, F) -> (N, outputs)`` (e.g. a zoo
             :class:`~xaikit.zoo.RecurrentClassifier`); borrowed for the call.
         sequences: batch-first sequences, right-padded when ``lengths`` is given.
-        method: ``"gradxinput"`` (or its other name ``"inputxgrad"``), ``"ig"`` or
+        method: ``"inputxgrad"`` (or its other name ``"gradxinput"``), ``"ig"`` or
             ``"occlusion"`` (see :data:`TEMPORAL_METHODS`).
         target: see :func:`resolve_sequence_targets`. ``"predicted"``, an int or an ``(N,)``
             tensor give ``(N, T)``; a list of ints or an ``(N, K)`` tensor give ``(N, K, T)``.
