@@ -84,8 +84,28 @@ def test_report_takes_method_and_keeps_methods_hidden():
 
 
 def test_size_flag_in_commands_that_read_data_for_a_model():
-    for name in ("filters", "evaluate", "report"):
+    for name in ("filters", "evaluate", "report", "explain", "train"):
         assert "--size" in _options(_subparsers()[name]), name
+
+
+def test_explain_size_feeds_the_model_at_that_side(tiny, image, tmp_path):
+    out = tmp_path / "out"
+    argv = ["explain", image, "--model", tiny, "--size", "24", "--out", str(out), "-q"]
+    assert cli.main(argv) == 0
+    maps = [p for p in out.rglob("gradcam.*.npy") if ".raw." not in p.name]
+    assert len(maps) == 1 and np.load(maps[0]).shape == (24, 24)  # the card says 16
+
+
+def test_train_size_is_the_data_option_size():
+    from xaikit.cli.train import recipe_from_args
+
+    parser = _subparsers()["train"]
+    base = ["--data", "shapes", "--model", "simple_cnn", "--out", "r"]
+    assert "size" not in recipe_from_args(parser.parse_args(base)).data_options
+    recipe = recipe_from_args(parser.parse_args([*base, "--size", "20"]))
+    assert recipe.data_options["size"] == 20
+    with pytest.raises(XaikitConfigError, match="--size must be a positive integer"):
+        recipe_from_args(parser.parse_args([*base, "--size", "0"]))
 
 
 # ----------------------------------------------------------------------------- devices

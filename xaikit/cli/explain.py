@@ -130,6 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model input shape; default: the model card's (224x224 RGB for torchvision)",
     )
     parser.add_argument(
+        "--size",
+        type=int,
+        metavar="S",
+        help="image side the model is fed (S x S, the card's channels); overrides the card",
+    )
+    parser.add_argument(
         "--no-figure",
         action="store_true",
         help="skip the titled figures with colour bars (faster for large folders)",
@@ -344,6 +350,10 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, card = load_cli_model(args, device=str(device))
     shape = input_shape(card, args.input_shape)
+    if args.size is not None:
+        if args.size < 1:
+            raise XaikitConfigError(f"--size must be a positive integer, got {args.size}")
+        shape = (shape[0], *([args.size] * (len(shape) - 1)))
     if _refuse_large(args, model, card, shape, methods, target):
         return 2
     summary = explain_files(

@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an option of the data set, e.g. n=2000 or size=32 (repeatable)",
     )
     parser.add_argument(
+        "--size",
+        type=int,
+        metavar="S",
+        help="image side the data is loaded at (the same as --data-option size=S)",
+    )
+    parser.add_argument(
         "--model-option",
         action="append",
         default=[],
@@ -102,6 +108,10 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     # `--epochs 0` must reach the check below, not fall back to the recipe's count.
     recipe.epochs = args.epochs if args.epochs is not None else recipe.epochs
     recipe.data_options.update(_parse_options(args.data_option, "--data-option"))
+    if args.size is not None:
+        if args.size < 1:
+            raise XaikitConfigError(f"--size must be a positive integer, got {args.size}")
+        recipe.data_options["size"] = args.size
     recipe.model_options.update(_parse_options(args.model_option, "--model-option"))
     if args.task:
         recipe.model_options["task"] = args.task
