@@ -292,7 +292,8 @@ def test_binary_model_on_an_image_folder(tmp_path):
         input_shape=[3, 16, 16],
         data={"name": data, "options": {"size": 16}},
     )
-    text = build_report(path, None, None, **{**SMALL, "exemplar_pool": 6})
+    # A card never chooses a folder (security): the folder is named, as a user would.
+    text = build_report(path, data, None, **{**SMALL, "exemplar_pool": 6})
     assert "Not available" not in text
     assert "sanity checks skipped" not in text
     evaluation = section_html(text, "evaluation")

@@ -299,6 +299,14 @@ def _loader_options(name: str) -> set[str]:
     }
 
 
+#: Data sets a model card may name for a report without ``--data``: generated or bundled,
+#: offline. Anything else (folders, IDX files, torchvision sets that may download) the user
+#: names: a card never chooses files, paths or downloads.
+CARD_DATA = ("shapes", "shapes-multilabel", "digits", "mnist1d", "recall")
+#: Options a card's recipe may not pass on: they choose files or the network.
+_CARD_FORBIDDEN_OPTIONS = frozenset({"root", "download", "path", "dir", "url"})
+
+
 def dataset_options(
     data: str, card: Mapping[str, Any], count: int, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -310,7 +318,15 @@ def dataset_options(
     options: dict[str, Any] = {}
     recipe_data = card.get("data") or (card.get("recipe") or {}).get("data") or {}
     if isinstance(recipe_data, Mapping) and recipe_data.get("name") == data:
-        options.update({k: v for k, v in (recipe_data.get("options") or {}).items() if k != "n"})
+        card_options = recipe_data.get("options") or {}
+        if isinstance(card_options, Mapping):
+            options.update(
+                {
+                    k: v
+                    for k, v in card_options.items()
+                    if k != "n" and k not in _CARD_FORBIDDEN_OPTIONS
+                }
+            )
     shape = card.get("input_shape") or []
     if "size" in accepted and len(shape) == 3:
         options["size"] = int(shape[-1])
@@ -415,6 +431,12 @@ def load_context(
         if not data:
             raise XaikitConfigError(
                 f"the model card of {name!r} names no data set; pass data= (--data D)"
+            )
+        if data not in CARD_DATA:
+            raise XaikitConfigError(
+                f"the model card of {name!r} names the data set {str(data)[:200]!r}; a card "
+                f"only chooses a built-in offline one ({', '.join(CARD_DATA)}): pass data= "
+                "(--data D) to use it"
             )
     eval_n = settings.eval_n or settings.n
     count = max(settings.n, eval_n, settings.exemplar_pool)
