@@ -338,8 +338,19 @@ def _attention_names(modules: dict[str, nn.Module]) -> set[str]:
 
 
 def is_attention_internal(model: nn.Module, name: str) -> bool:
-    """Whether module ``name`` is an attention module, inside one, or an attention part."""
-    return name in _attention_names(dict(model.named_modules()))
+    """Whether module ``name`` is an attention module, inside one, or an attention part.
+
+    The same rule as :func:`_attention_names`, walking only ``name``'s ancestors: it runs on
+    every explanation, so it must not scan the whole model."""
+    if not name or name.rsplit(".", 1)[-1] in _ATTENTION_PARTS:
+        return bool(name)
+    parts = name.split(".")
+    module = model
+    for part in parts:
+        module = module.get_submodule(part)
+        if _is_attention(module):
+            return True
+    return False
 
 
 def explain_choices(
