@@ -23,6 +23,16 @@ CAM_NAMES: tuple[str, ...] = (
     "layercam",
     "hirescam",
     "eigencam",
+    "eigengradcam",
+    "gradcam-elementwise",
+    "kpcacam",
+    "shapleycam",
+    "finercam",
+    "ablationcam",
+    "sscam",
+    "iscam",
+    "smoothgradcam++",
+    "fullgrad",
 )
 SCORE_CAM_METHODS: tuple[str, ...] = ("scorecam", "scorecam-fast")
 GRADIENT_NAMES: tuple[str, ...] = (
@@ -33,10 +43,25 @@ GRADIENT_NAMES: tuple[str, ...] = (
     "guided-backprop",
     "guided-gradcam",
     "occlusion",
+    "deeplift",
+    "deepliftshap",
+    "gradientshap",
+    "deconvolution",
+    "feature-ablation",
+    "lime",
+    "kernelshap",
 )
 ATTENTION_METHODS: tuple[str, ...] = ("attention-rollout", "attention-gradients")
+#: Layer-wise relevance propagation (``xaikit.lrp``; options ``composite``, ``canonize``, ...).
+LRP_METHODS: tuple[str, ...] = ("lrp",)
 #: Every built-in method name, as ``xaikit.explain.engine.METHODS``.
-METHODS: tuple[str, ...] = (*CAM_NAMES, *SCORE_CAM_METHODS, *GRADIENT_NAMES, *ATTENTION_METHODS)
+METHODS: tuple[str, ...] = (
+    *CAM_NAMES,
+    *SCORE_CAM_METHODS,
+    *GRADIENT_NAMES,
+    *ATTENTION_METHODS,
+    *LRP_METHODS,
+)
 #: Other names accepted for a method: alias -> canonical name (the same map for images,
 #: signals and sequences; ``xaikit.explain.temporal`` accepts the canonical names too).
 METHOD_ALIASES: dict[str, str] = {"gradxinput": "inputxgrad"}

@@ -12,6 +12,11 @@ by setting it, which races with every other thread creating files.
 JSON is strict: :func:`atomic_write_json` and :func:`dumps_json` write NaN and infinities as
 ``null`` (``json.dumps`` would write ``NaN``, which no strict parser or browser accepts) and
 report where they were.
+
+Reading: :func:`read_document` opens only regular files (a FIFO or ``/dev/zero`` is refused
+at once), refuses documents over a size limit (16 MiB, ``$XAIKIT_MAX_DOCUMENT_BYTES``) or
+nested deeper than 64 levels, and reports invalid UTF-8, JSON or TOML in one line; the
+fields are then checked with :mod:`xaikit.schema`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -259,3 +265,230 @@ def lock_out(path: str | os.PathLike[str], command: str) -> Iterator[Path]:
         if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
+
+
+# -- reading documents ----------------------------------------------------------------------
+#
+# Every file xaikit reads is opened without blocking and checked to be a regular file before
+# a byte is read: a FIFO would block a plain open() forever and /dev/zero (or a symlink to it)
+# would be read until memory runs out. Documents have a size limit and a nesting limit, so a
+# 20 MB card or a 200,000-deep `[[[[...` is refused in one line, not a MemoryError or a
+# RecursionError.
+
+#: Size limit of a JSON / TOML document (model card, recipe, history, training state).
+DEFAULT_MAX_DOCUMENT_BYTES = 16 * 2**20
+#: Size limit of one line of a JSON-lines journal.
+MAX_JOURNAL_LINE_BYTES = 2**20
+#: Lists / objects nested deeper than this are refused before parsing.
+DEFAULT_MAX_DEPTH = 64
+MAX_DOCUMENT_BYTES_ENV = "XAIKIT_MAX_DOCUMENT_BYTES"
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def max_document_bytes() -> int:
+    """The document size limit: ``$XAIKIT_MAX_DOCUMENT_BYTES`` when set, else 16 MiB."""
+    from xaikit.errors import XaikitConfigError
+
+    raw = os.environ.get(MAX_DOCUMENT_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_DOCUMENT_BYTES
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise XaikitConfigError(f"{MAX_DOCUMENT_BYTES_ENV} must be a positive int, got {raw!r}")
+    return value
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "a special file")
+
+
+def _error(error: type[Exception] | None) -> type[Exception]:
+    if error is not None:
+        return error
+    from xaikit.errors import DataError
+
+    return DataError
+
+
+def open_regular(
+    path: str | os.PathLike[str], *, what: str = "file", error: type[Exception] | None = None
+) -> int:
+    """Open ``path`` for reading without blocking and return the descriptor, or raise
+    ``error`` (default :class:`~xaikit.errors.DataError`) in one line when it is missing,
+    unreadable or not a regular file (a folder, FIFO, device such as ``/dev/zero``, socket).
+    The caller closes the descriptor."""
+    fail = _error(error)
+    try:
+        fd = os.open(os.fspath(path), _READ_FLAGS)
+    except FileNotFoundError:
+        raise fail(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise fail(f"{path}: the {what} cannot be read: {err.strerror or err}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise fail(f"{path}: the {what} is not a regular file but {_file_kind(mode)}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # O_NONBLOCK was only for the open of a FIFO
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_regular_file(
+    path: str | os.PathLike[str], *, what: str = "file", error: type[Exception] | None = None
+) -> int:
+    """Refuse ``path`` unless it is a readable regular file (see :func:`open_regular`);
+    returns its size in bytes. For files a library then opens by name (safetensors)."""
+    fd = open_regular(path, what=what, error=error)
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def read_limited(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "file",
+    max_bytes: int | None = None,
+    error: type[Exception] | None = None,
+) -> bytes:
+    """The bytes of the regular file ``path``, refused in one line when over ``max_bytes``
+    (default :func:`max_document_bytes`), checked before reading and while reading (a file
+    that grows is cut at the limit)."""
+    fail = _error(error)
+    limit = max_document_bytes() if max_bytes is None else max_bytes
+    fd = open_regular(path, what=what, error=error)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise fail(f"{path}: the {what} is {size:,} bytes, more than the limit of {limit:,}")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as err:
+        raise fail(f"{path}: the {what} cannot be read: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise fail(f"{path}: the {what} is more than the limit of {limit:,} bytes")
+    return b"".join(chunks)
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+
+
+def json_too_deep(text: str, limit: int) -> bool:
+    """Whether arrays / objects in the JSON ``text`` nest deeper than ``limit`` (strings
+    skipped). Works on the text, so ``json.loads`` never sees a document deep enough to
+    exhaust the stack; counted per 4 KiB chunk, bracket by bracket only near the limit."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    depth, step = 0, 4096
+    for start in range(0, len(brackets), step):
+        chunk = brackets[start : start + step]
+        opens = chunk.count("[") + chunk.count("{")
+        if depth + opens > limit:  # the chunk may cross the limit: walk it
+            for char in chunk:
+                depth += 1 if char in "[{" else -1
+                if depth > limit:
+                    return True
+        else:
+            depth += opens - (len(chunk) - opens)
+    return False
+
+
+def loads_document(
+    data: bytes | str,
+    *,
+    where: str,
+    kind: str = "json",
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    error: type[Exception] | None = None,
+) -> Any:
+    """Parse JSON or TOML ``data``, refusing invalid UTF-8, invalid syntax and nesting deeper
+    than ``max_depth`` in one line each, e.g. ``"<where> is not valid JSON (...)"``; ``where``
+    names the text (``"runs/a/m.json: the model card"``, ``"results.jsonl line 3"``). For a
+    journal's lines too (check their length against :data:`MAX_JOURNAL_LINE_BYTES` first)."""
+    fail = _error(error)
+    label = "TOML" if kind == "toml" else "JSON"
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise fail(
+                f"{where} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})"
+            ) from None
+    else:
+        text = data
+    if kind == "toml":
+        import sys
+
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise fail(f"{where} is not valid TOML ({_one_line(err)})") from None
+        except RecursionError:  # tomllib recurses into nested arrays and inline tables
+            raise fail(f"{where} nests deeper than {max_depth} levels") from None
+        from xaikit.schema import too_deep
+
+        if too_deep(document, max_depth):
+            raise fail(f"{where} nests deeper than {max_depth} levels")
+        return document
+    if json_too_deep(text, max_depth):
+        raise fail(f"{where} nests deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:  # pragma: no cover - the depth check comes first
+        raise fail(f"{where} nests deeper than {max_depth} levels") from None
+    except ValueError as err:  # JSONDecodeError, and ints longer than Python converts
+        raise fail(f"{where} is not valid {label} ({_one_line(err)})") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
+
+
+def read_document(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "document",
+    max_bytes: int | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    kind: str | None = None,
+    error: type[Exception] | None = None,
+) -> Any:
+    """Read and parse the JSON (or, by suffix or ``kind``, TOML) document at ``path``.
+
+    Only a regular file is opened (a FIFO or ``/dev/zero`` is refused at once), at most
+    ``max_bytes`` (default :func:`max_document_bytes`) are read, and nesting deeper than
+    ``max_depth`` is refused before parsing. Every failure is one line raising ``error``
+    (default :class:`~xaikit.errors.DataError`) that starts with ``path``; ``what`` names
+    the document in it (``"model card"``, ``"recipe"``).
+    """
+    if kind is None:
+        kind = "toml" if os.fspath(path).lower().endswith(".toml") else "json"
+    data = read_limited(path, what=what, max_bytes=max_bytes, error=error)
+    where = f"{path}: the {what}"
+    return loads_document(data, where=where, kind=kind, max_depth=max_depth, error=error)

@@ -25,7 +25,7 @@ from xaikit.explain.engine import check_methods
 from xaikit.explain.temporal import TEMPORAL_METHODS, explain_sequence
 from xaikit.viz.report import _sample
 
-DEVICE_COMMANDS = {"train", "explain", "filters", "evaluate", "report", "demo"}
+DEVICE_COMMANDS = {"train", "explain", "filters", "evaluate", "report", "demo", "serve"}
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -119,6 +119,7 @@ def _device_argv(command: str, device: str, tmp: Path, model: str) -> list[str]:
         "evaluate": ["evaluate", "--model", model, "--data", "shapes"],
         "report": ["report", "--model", model, "--out", str(tmp / "r.html")],
         "demo": ["demo", "--out", str(tmp)],
+        "serve": ["serve", "--model", model, "--no-reference"],  # refused before it listens
     }[command] + ["--device", device]
 
 

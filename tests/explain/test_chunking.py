@@ -203,3 +203,26 @@ def test_memory_budget_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("lots", 0, -1, True):
         with pytest.raises(XaikitConfigError):
             parse_memory_budget(bad)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("gradientshap", {"n_samples": 3}),
+        ("deepliftshap", {"baselines": 3}),
+        ("lime", {"n_samples": 12, "segments": 4}),
+        ("kernelshap", {"n_samples": 12, "segments": 4}),
+    ],
+)
+def test_sampled_attributions_follow_the_input_not_the_chunk(
+    zoo_multiclass: nn.Module, method: str, options: dict
+) -> None:
+    """Their samples are seeded by ``(seed, index of the input in the call)``: a call split in
+    chunks draws what one call draws (it used to restart the draws in every chunk)."""
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    budget = budget_for(zoo_multiclass, x, 2)
+    whole = X.explain(zoo_multiclass, x, method, seed=3, normalize=None, **options)
+    chunked = X.explain(
+        zoo_multiclass, x, method, seed=3, normalize=None, memory_budget=budget, **options
+    )
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-6)

@@ -120,8 +120,10 @@ def test_every_command_is_covered():
     from xaikit.cli import _commands
 
     names = {module.NAME for module in _commands()}
-    # convert's bad weights files and settings: tests/cli/test_convert_cli.py.
-    assert names <= {"zoo", "train", "demo", "convert", *COMMANDS}
+    # convert's bad weights files and settings: tests/cli/test_convert_cli.py; methods takes
+    # no model or file (its one bad input, --family: tests/cli/test_methods_cli.py); serve's
+    # bad models, uploads and requests: tests/serve/.
+    assert names <= {"zoo", "train", "demo", "convert", "methods", "serve", *COMMANDS}
 
 
 @pytest.mark.parametrize("case", MODEL_CASES)

@@ -31,6 +31,7 @@ from xaikit.errors import XaikitError
 # Order is the order of ``xaikit --help``.
 COMMAND_MODULES = [
     "zoo",
+    "methods",
     "layers",
     "train",
     "convert",
@@ -39,6 +40,7 @@ COMMAND_MODULES = [
     "evaluate",
     "report",
     "demo",
+    "serve",
 ]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -113,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return EXIT_OK
         with _cli_warnings():
-            return int(args._run(args) or EXIT_OK)
+            code = int(args._run(args) or EXIT_OK)
+        sys.stdout.flush()  # inside the try: a reader that left is handled below
+        return code
     except UsageError as err:
         print(err, file=sys.stderr)
         return EXIT_USAGE
@@ -123,6 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xaikit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `xaikit methods | head`: the reader left. Python would print a traceback at exit
+        # while flushing stdout; point stdout at /dev/null so it does not.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

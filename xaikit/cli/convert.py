@@ -133,7 +133,9 @@ def _class_names(args: argparse.Namespace, card: dict[str, Any]) -> list[str] | 
     if args.preset == "imagenet":
         names = imagenet_categories()
     elif args.class_names:
-        names = read_class_names(args.class_names)
+        from xaikit.names import check_class_names  # at most 1,000 characters a name
+
+        names = check_class_names(read_class_names(args.class_names)) or []
     else:
         return card.get("class_names")
     classes = card.get("num_classes")

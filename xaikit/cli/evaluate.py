@@ -90,6 +90,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-sanity", action="store_true", help="skip the randomization and contrast checks"
     )
     parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    parser.add_argument(
+        "--metrics",
+        metavar="A,B,...",
+        help="compute only these metrics (e.g. pixel_flipping,max_sensitivity,mprt; "
+        "'all' for every catalogue metric) and print a methods x metrics comparison with "
+        "ranks; the JSON keeps per-sample values, means and bootstrap CIs; sanity checks "
+        "are skipped",
+    )
+    parser.add_argument(
+        "--metric-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option for every --metrics metric that takes it, e.g. nr_samples=20 (repeatable)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        metavar="BYTES",
+        help="memory for the perturbed rows of one forward pass of --metrics (e.g. 2G; "
+        "default $XAIKIT_MEMORY_BUDGET or 1G)",
+    )
     add_device_argument(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -99,6 +120,35 @@ def _split_list(text: str, what: str) -> list[str]:
     if not names:
         raise XaikitConfigError(f"--{what} is empty")
     return names
+
+
+def _metric_names(text: str | None) -> list[str] | None:
+    """``--metrics`` as a list (``all``: the whole catalogue); ``None`` when not given."""
+    if text is None:
+        return None
+    names = _split_list(text, "metrics")
+    if names == ["all"]:
+        from xaikit.evaluate.catalogue import CATALOGUE
+
+        return list(CATALOGUE)
+    return names
+
+
+def _metric_options(pairs: list[str]) -> dict[str, Any]:
+    """``--metric-option KEY=VALUE`` pairs; values read as JSON (numbers, true/false, lists)
+    when they parse, else kept as strings."""
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise XaikitConfigError(f"--metric-option must be KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
 
 
 def _load_data(name: str, n: int, seed: int, size: int | None, pairs: list[str]):
@@ -168,6 +218,8 @@ def _run(args: argparse.Namespace) -> int:
     from xaikit.evaluate.suite import evaluate_methods
 
     methods = canonical_methods(_split_list(args.method, "method"))
+    metrics = _metric_names(args.metrics)
+    metric_options = _metric_options(args.metric_option)
     baselines = [] if args.baselines.strip() == "none" else _split_list(args.baselines, "baselines")
     model, card = load_cli_model(args, device=cli_device(args.device))
     dataset, generated = _load_data(
@@ -213,6 +265,15 @@ def _run(args: argparse.Namespace) -> int:
         normalization=normalization,
         class_names=getattr(dataset, "classes", None),
         quiet=args.quiet or None,
+        **(
+            {}
+            if metrics is None
+            else {
+                "metrics": metrics,
+                "metric_options": metric_options,
+                "memory_budget": args.memory_budget,
+            }
+        ),
     )
     print(
         f"xaikit evaluate: model {args.model}, data {args.data} (test, n={inputs.shape[0]}), "
@@ -220,7 +281,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     if masks is None:
         print("(no ground-truth masks in this data set: pointing games skipped)")
-    print(report.table())
+    print(report.table() if metrics is None else report.comparison_table())
     if args.out:
         payload = {
             "model": args.model,

@@ -54,6 +54,11 @@ an image in a folder "imgs" given as input -> DIR/imgs/<path inside imgs>/):
                                  degenerate flags, files; "errors"; the run's settings
   {JOURNAL}                  the same, one line per image as it finishes (survives a kill)
 <target> is "<index>-<name>", or "<index>" when the model has no class names.
+File and folder names made from image or class names are safe (no "/", control characters
+or leading dots; bytes that are not UTF-8 become "_") and at most 100 bytes (longer names
+are cut and end with a hash); {RESULTS} keeps the full names (a non-UTF-8 byte as \\xNN,
+with "source_bytes": the path's bytes in hex). Class names must be strings or numbers, of
+at most 1,000 characters.
 
 Images stream in batches (--batch-size): each image's files are written, atomically, as
 soon as its batch is done. After a crash, rerun with --resume to skip the images done.
@@ -223,12 +228,14 @@ def _model_info(spec: str, card: dict[str, Any]) -> dict[str, Any]:
 def _report(source: str, reason: str) -> None:
     from tqdm.auto import tqdm  # loaded already by the run; write() keeps progress bars intact
 
-    tqdm.write(f"xaikit: error: {reason}", file=sys.stderr)
+    from xaikit.names import display
+
+    tqdm.write(f"xaikit: error: {display(reason)}", file=sys.stderr)
 
 
 def _class_count(model: Any, card: dict[str, Any], shape: tuple[int, ...]) -> int:
-    """The model's number of outputs: the card's ``num_classes`` or class names, else one
-    forward pass on zeros."""
+    """The model's number of outputs: the card's ``num_classes`` or class names (checked by
+    :func:`_run`), else one forward pass on zeros."""
     if card.get("num_classes"):
         return int(card["num_classes"])
     if card.get("class_names"):
@@ -343,12 +350,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from xaikit.explain.files import explain_files
+    from xaikit.names import check_class_names, display
     from xaikit.train.loaders import resolve_device
 
     methods = parse_methods(args.method)
     target = parse_target(args.target)
     device = resolve_device(args.device)
     model, card = load_cli_model(args, device=str(device))
+    # Class names name files and figure titles: strings (numbers read as text), at most
+    # 1,000 characters each; anything else is refused here in one line (xaikit.names).
+    card = {**card, "class_names": check_class_names(card.get("class_names"))}
     shape = input_shape(card, args.input_shape)
     if args.size is not None:
         if args.size < 1:
@@ -378,12 +389,13 @@ def _run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         on_error=_report,
     )
+    results = display(str(summary.results))  # printable whatever the bytes of --out
     for text in summary.warnings:
-        print(f"xaikit: warning: {text}", file=sys.stderr)
+        print(f"xaikit: warning: {display(text)}", file=sys.stderr)
     if summary.degenerate:
         print(
             f"xaikit: warning: {summary.degenerate} map(s) were constant (no evidence at this "
-            f"layer or target); saved as zeros and flagged 'degenerate' in {summary.results}",
+            f"layer or target); saved as zeros and flagged 'degenerate' in {results}",
             file=sys.stderr,
         )
     done = f"explained {summary.explained} image(s)"
@@ -391,5 +403,5 @@ def _run(args: argparse.Namespace) -> int:
         done += f", skipped {summary.skipped} already done"
     if summary.errors:
         done += f", {len(summary.errors)} bad input(s) listed under 'errors'"
-    print(f"{done}; results in {summary.results}")
+    print(f"{done}; results in {results}")
     return 2 if summary.errors else 0

@@ -1,8 +1,11 @@
 """``xaikit filters``: inspect a model's learned filters and write PNG grids plus a JSON index.
 
 Modes: ``weights`` (kernel grid), ``activations`` (feature maps of data set inputs),
-``maximize`` (activation maximization), ``exemplars`` (top data set inputs per channel, with
-receptive-field crops) and ``atlas`` (all three per channel, PNG and a standalone HTML page).
+``maximize`` (activation maximization; ``--param maco`` for MACO with ``--spectrum-from``),
+``accentuate`` (feature accentuation of data set images), ``exemplars`` (top data set inputs
+per channel, with receptive-field crops), ``atlas`` (all three per channel, PNG and a
+standalone HTML page) and ``concepts`` (NMF concepts: DFF or CRAFT, with exemplars,
+importance and a reloadable concept bank).
 Every file is written atomically; ``index.json`` lists them with the numbers behind them.
 """
 
@@ -34,8 +37,8 @@ if TYPE_CHECKING:
 
 NAME = "filters"
 HELP = "inspect learned filters: kernels, feature maps, maximization, exemplars, atlas"
-MODES = ("weights", "activations", "maximize", "exemplars", "atlas")
-NEEDS_DATA = ("activations", "exemplars", "atlas")
+MODES = ("weights", "activations", "maximize", "accentuate", "exemplars", "atlas", "concepts")
+NEEDS_DATA = ("activations", "accentuate", "exemplars", "atlas", "concepts")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         "-d",
         metavar="D",
-        help="data set name (test split) for activations, exemplars and atlas",
+        help="data set name (test split) for activations, accentuate, exemplars, atlas, concepts",
     )
     add_data_option_argument(parser)
     parser.add_argument(
@@ -79,6 +82,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image size: --data images are resized to it and maximization images have it "
         "(default: the model card's input size)",
     )
+    parser.add_argument(
+        "--param",
+        choices=("fourier", "pixel", "maco"),
+        default="fourier",
+        help="maximize: image parametrization; maco = phase-only under a fixed natural-image "
+        "magnitude, with a transparency map (Fel et al. 2023) (fourier)",
+    )
+    parser.add_argument(
+        "--spectrum-from",
+        metavar="D",
+        default=None,
+        help="maco: estimate the magnitude spectrum from a folder of images or a data set "
+        "name (cached in $XAIKIT_CACHE, else ~/.cache/xaikit); default: a spectrum of "
+        "matplotlib's sample photograph",
+    )
+    parser.add_argument(
+        "--canvas",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="maco: side of the optimized image (default: 4 x the model input size)",
+    )
+    parser.add_argument(
+        "--penalty",
+        type=float,
+        default=1.0,
+        help="accentuate: weight of the distance to the original image (1.0)",
+    )
+    parser.add_argument(
+        "--concept-method",
+        choices=("dff", "craft"),
+        default="craft",
+        help="concepts: NMF over positions (dff) or over image crops (craft) (craft)",
+    )
+    parser.add_argument("--n-concepts", type=int, default=8, help="concepts: how many concepts (8)")
     parser.add_argument("--k", type=int, default=9, help="exemplars per channel (9)")
     parser.add_argument(
         "--rank-by",
@@ -239,6 +277,13 @@ def _maximize(
         channels = list(range(next(iter(maps.values())).shape[1]))
     spec = input_spec(model, size=size)
     options = {"steps": args.steps, "size": size, "seed": args.seed, "normalization": normalization}
+    if args.param != "fourier":
+        options["param"] = args.param
+    if args.param == "maco":
+        options["canvas"] = args.canvas
+        if args.spectrum_from is not None:
+            canvas = args.canvas or 4 * int(spec.size or 1)
+            options["spectrum"] = _spectrum(args.spectrum_from, canvas, spec.channels, args)
     seconds = None
     if args.steps > 0 and channels:
         start = time.perf_counter()
@@ -267,6 +312,8 @@ def _maximize(
         "size": size,
         "normalization": normalization,
     }
+    if args.param != "fourier":
+        header.update(param=args.param, canvas=args.canvas, spectrum_from=args.spectrum_from)
     return maximize_into(
         Path(args.out),
         model,
@@ -277,6 +324,63 @@ def _maximize(
         batch_size=args.batch_size,
         quiet=quiet,
         **options,
+    )
+
+
+def _spectrum(source: str, canvas: int, channels: int, args: argparse.Namespace) -> Any:
+    """``--spectrum-from``: a folder of images, else a data set name (its train split,
+    resized to the canvas); cached by :func:`xaikit.filters.spectrum.spectrum_from`."""
+    from xaikit.filters.spectrum import spectrum_from
+
+    if Path(source).is_dir():
+        return spectrum_from(source, canvas, channels=channels, n=args.n)
+    from torch.utils.data import Subset
+
+    dataset = load(source, split="train", **data_options(source, [], size=canvas))
+    if args.n is not None:
+        dataset = Subset(dataset, range(min(args.n, len(dataset))))
+    key = f"data:{source}:train:n={args.n}:size={canvas}"
+    return spectrum_from(dataset, canvas, channels=channels, key=key)
+
+
+def _accentuate(
+    args: argparse.Namespace,
+    model: Any,
+    layer: str,
+    channels: list[int] | None,
+    dataset: Dataset,
+    normalization: Any,
+    size: int | None,
+    quiet: bool | None,
+) -> Any:
+    """``--mode accentuate``: the first ``--n`` (4) data images, each accentuated towards
+    each of ``--channels`` (default: its own most active channel)."""
+    from xaikit.filters._common import fetch_inputs
+    from xaikit.filters.maximize import maximize, most_active_channels
+
+    count = min(args.n or 4, len(dataset))
+    images = fetch_inputs(dataset, range(count))
+    if channels is None:
+        units = [
+            most_active_channels(model, layer, images[i : i + 1], 1, normalization=normalization)[0]
+            for i in range(count)
+        ]
+        starts = images
+    else:
+        units = [c for _ in range(count) for c in channels]
+        starts = images.repeat_interleave(len(channels), dim=0)
+    return maximize(
+        model,
+        layer,
+        units,
+        start=starts,
+        steps=args.steps,
+        seed=args.seed,
+        size=size,
+        normalization=normalization,
+        penalty=args.penalty,
+        batch_size=args.batch_size,
+        quiet=quiet,
     )
 
 
@@ -350,6 +454,44 @@ def _run(args: argparse.Namespace) -> int:
         index.update(
             layer=result.layer, steps=args.steps, seed=args.seed, channels=result.summary()
         )
+    elif args.mode == "accentuate":
+        result = _accentuate(args, model, layer, channels, dataset, normalization, size, quiet)
+        _write_png(out, "accentuate.png", figure_png(result.figure), files)
+        for i, unit in enumerate(result.units):
+            _write_png(
+                out,
+                f"accentuate/{i:04d}_channel_{unit:04d}.png",
+                image_png(result.images[i]),
+                files,
+            )
+        index.update(
+            layer=result.layer,
+            steps=args.steps,
+            seed=args.seed,
+            penalty=args.penalty,
+            regularizer="penalty * mean((x - x0)^2), normalized input space (horama)",
+            channels=result.summary(),
+        )
+    elif args.mode == "concepts":
+        from xaikit.filters.concepts import concepts, concepts_into
+
+        bank = concepts(
+            model,
+            layer,
+            dataset,
+            n_concepts=args.n_concepts,
+            method=args.concept_method,
+            k=min(args.k, len(dataset)),
+            steps=args.steps,
+            seed=args.seed,
+            normalization=normalization,
+            batch_size=args.batch_size,
+            quiet=quiet,
+        )
+        written = concepts_into(out, bank)
+        files.extend(name for name in written if name.endswith(".png"))
+        index["bank"] = [name for name in written if not name.endswith(".png")]
+        index.update(bank.summary())
     elif args.mode == "exemplars":
         found = exemplars(
             model,

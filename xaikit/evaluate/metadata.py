@@ -8,6 +8,7 @@ it implements, so a report (or a script) never has to guess how to read a number
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -190,6 +191,380 @@ METRICS: dict[str, MetricInfo] = {
         ),
     )
 }
+
+
+_Q = "; definition, defaults and quirks as Quantus 0.6 (Hedström et al., 2023, JMLR)"
+_FEATURES = (
+    "attributions broadcast to the input's channels and flattened to C*H*W features; "
+    "divided per sample by max |a| (normalise) unless told otherwise"
+)
+_MASKS = "attributions (N, H, W) against the ground-truth mask of the explained class"
+_CATALOGUE_ROWS = [
+    # name, title, higher_is_better, range, baseline, preprocessing, paper, description
+    (
+        "faithfulness_correlation",
+        "faithfulness correlation",
+        True,
+        (-1.0, 1.0),
+        "'black': each sample's minimum value",
+        _FEATURES,
+        "Bhatt, Weller & Moura (2020), Evaluating and Aggregating Feature-based Model "
+        "Explanations, IJCAI",
+        "Pearson correlation over random subsets between their attribution sum and the output "
+        "drop when they are removed",
+    ),
+    (
+        "faithfulness_estimate",
+        "faithfulness estimate",
+        True,
+        (-1.0, 1.0),
+        "'black': each sample's minimum value",
+        _FEATURES,
+        "Alvarez-Melis & Jaakkola (2018), Towards Robust Interpretability with Self-Explaining "
+        "Neural Networks, NeurIPS",
+        "Pearson correlation between each feature group's attribution and the output drop when "
+        "that group alone is removed",
+    ),
+    (
+        "monotonicity",
+        "monotonicity (Arya)",
+        True,
+        (0.0, 1.0),
+        "'black': features inserted into the sample's minimum value",
+        _FEATURES + "; abs",
+        "Arya et al. (2019), One Explanation Does Not Fit All: A Toolkit and Taxonomy of AI "
+        "Explainability Techniques, arXiv:1909.03012",
+        "1 when inserting features least relevant first never lowers the output",
+    ),
+    (
+        "monotonicity_correlation",
+        "monotonicity correlation",
+        True,
+        (-1.0, 1.0),
+        "'uniform': one U(0, 1) value per sample and draw",
+        _FEATURES + "; abs",
+        "Nguyen & Martínez (2020), On Quantitative Aspects of Model Interpretability, "
+        "arXiv:2007.07584",
+        "Spearman correlation between feature attributions and the output variance when the "
+        "features are replaced by noise",
+    ),
+    (
+        "pixel_flipping",
+        "pixel flipping AUC",
+        False,
+        (0.0, math.inf),
+        "'black': each sample's minimum value",
+        _FEATURES,
+        "Bach et al. (2015), On Pixel-wise Explanations for Non-Linear Classifier Decisions by "
+        "Layer-wise Relevance Propagation, PLoS ONE",
+        "area (trapezoid, unit spacing) under the softmax output as features are removed, most "
+        "relevant first",
+    ),
+    (
+        "region_perturbation",
+        "region perturbation (MoRF)",
+        True,
+        (-math.inf, math.inf),
+        "'black': each sample's minimum value",
+        _FEATURES + "; 8 px patches",
+        "Samek, Binder, Montavon, Lapuschkin & Müller (2017), Evaluating the Visualization of "
+        "What a Deep Neural Network Has Learned, IEEE TNNLS",
+        "area under the output drop as patches are removed by attribution sum (AOPC times steps)",
+    ),
+    (
+        "selectivity",
+        "selectivity AUC",
+        False,
+        (0.0, math.inf),
+        "'black': each sample's minimum value",
+        _FEATURES + "; 8 px patches",
+        "Montavon, Samek & Müller (2018), Methods for Interpreting and Understanding Deep Neural "
+        "Networks, Digital Signal Processing",
+        "area under the softmax output as patches are removed, most relevant first",
+    ),
+    (
+        "sensitivity_n",
+        "sensitivity-n",
+        True,
+        (-1.0, 1.0),
+        "'black': each sample's minimum value",
+        _FEATURES + "; values per subset size n",
+        "Ancona, Ceolini, Öztireli & Gross (2018), Towards Better Understanding of Gradient-based "
+        "Attribution Methods for Deep Neural Networks, ICLR",
+        "Pearson correlation across samples, per n, of output drop and removed attribution",
+    ),
+    (
+        "infidelity",
+        "infidelity",
+        False,
+        (0.0, math.inf),
+        "'black' patches (4 px) removed one after another",
+        _FEATURES,
+        "Yeh, Hsieh, Suggala, Inouye & Ravikumar (2019), On the (In)fidelity and Sensitivity of "
+        "Explanations, NeurIPS",
+        "mean squared difference between the output drop and sum(a * (x - x_perturbed))",
+    ),
+    (
+        "max_sensitivity",
+        "max-sensitivity",
+        False,
+        (0.0, math.inf),
+        "U(-0.2, 0.2) noise on every feature",
+        "re-explained; " + _FEATURES,
+        "Yeh et al. (2019), On the (In)fidelity and Sensitivity of Explanations, NeurIPS",
+        "largest relative change ||a - a'|| / ||a|| over noisy inputs",
+    ),
+    (
+        "avg_sensitivity",
+        "avg-sensitivity",
+        False,
+        (0.0, math.inf),
+        "U(-0.2, 0.2) noise on every feature",
+        "re-explained; " + _FEATURES,
+        "Yeh et al. (2019), On the (In)fidelity and Sensitivity of Explanations, NeurIPS",
+        "mean relative change ||a - a'|| / ||a|| over noisy inputs",
+    ),
+    (
+        "local_lipschitz_estimate",
+        "local Lipschitz estimate",
+        False,
+        (0.0, math.inf),
+        "N(0, 0.1^2) noise on every feature",
+        "re-explained; " + _FEATURES,
+        "Alvarez-Melis & Jaakkola (2018), On the Robustness of Interpretability Methods, ICML "
+        "workshops",
+        "largest ||a - a'|| / ||x - x'|| over noisy inputs",
+    ),
+    (
+        "relative_input_stability",
+        "relative input stability",
+        False,
+        (0.0, math.inf),
+        "U(0.02, 0.2) noise; NaN when the prediction changes",
+        "re-explained; " + _FEATURES,
+        "Agarwal et al. (2022), Rethinking Stability for Attribution-based Explanations, "
+        "arXiv:2203.06877",
+        "largest relative attribution change over relative input change",
+    ),
+    (
+        "relative_output_stability",
+        "relative output stability",
+        False,
+        (0.0, math.inf),
+        "U(0.02, 0.2) noise; NaN when the prediction changes",
+        "re-explained; " + _FEATURES,
+        "Agarwal et al. (2022), Rethinking Stability for Attribution-based Explanations, "
+        "arXiv:2203.06877",
+        "largest relative attribution change over logit change",
+    ),
+    (
+        "relative_representation_stability",
+        "relative representation stability",
+        False,
+        (0.0, math.inf),
+        "U(0.02, 0.2) noise; NaN when the prediction changes",
+        "re-explained; " + _FEATURES,
+        "Agarwal et al. (2022), Rethinking Stability for Attribution-based Explanations, "
+        "arXiv:2203.06877",
+        "largest relative attribution change over relative change of internal representations",
+    ),
+    (
+        "attribution_localisation",
+        "attribution localisation",
+        True,
+        (0.0, 1.0),
+        _MASKS,
+        "abs; divided by max |a|",
+        "Kohlbrenner et al. (2020), Towards Best Practice in Explaining Neural Network "
+        "Decisions with LRP, IJCNN",
+        "share of the total attribution inside the mask",
+    ),
+    (
+        "top_k_intersection",
+        "top-k intersection",
+        True,
+        (0.0, 1.0),
+        _MASKS,
+        "divided by max |a|; k = 1000 pixels (fewer for small images)",
+        "Theiner, Müller-Budack & Ewerth (2022), Interpretable Semantic Photo Geolocation, WACV",
+        "fraction of the k most relevant pixels inside the mask",
+    ),
+    (
+        "relevance_rank_accuracy",
+        "relevance rank accuracy",
+        True,
+        (0.0, 1.0),
+        _MASKS,
+        "divided by max |a|",
+        "Arras, Osman & Samek (2022), CLEVR-XAI: A Benchmark Dataset for the Ground Truth "
+        "Evaluation of Neural Network Explanations, Information Fusion",
+        "fraction of the K most relevant pixels inside the K-pixel mask",
+    ),
+    (
+        "relevance_mass_accuracy",
+        "relevance mass accuracy",
+        True,
+        (0.0, 1.0),
+        _MASKS,
+        "divided by max |a|",
+        "Arras, Osman & Samek (2022), CLEVR-XAI, Information Fusion",
+        "relevance inside the mask over the total relevance",
+    ),
+    (
+        "localisation_auc",
+        "localisation ROC AUC",
+        True,
+        (0.0, 1.0),
+        _MASKS + "; 0.5 is chance",
+        "divided by max |a|",
+        "Fawcett (2006), An Introduction to ROC Analysis, Pattern Recognition Letters",
+        "ROC AUC of the attributions as a detector of mask pixels",
+    ),
+    (
+        "sparseness",
+        "sparseness (Gini)",
+        True,
+        (0.0, 1.0),
+        "none (the map alone)",
+        "abs; divided by max |a|",
+        "Chalasani, Chen, Chowdhury, Wu & Jha (2020), Concise Explanations of Neural Networks "
+        "using Adversarial Training, ICML",
+        "Gini index of the attribution values",
+    ),
+    (
+        "complexity",
+        "complexity (entropy)",
+        False,
+        (0.0, math.inf),
+        "none (the map alone)",
+        "abs; divided by max |a|",
+        "Bhatt, Weller & Moura (2020), Evaluating and Aggregating Feature-based Model "
+        "Explanations, IJCAI",
+        "entropy of the attributions as a distribution",
+    ),
+    (
+        "effective_complexity",
+        "effective complexity",
+        False,
+        (0.0, math.inf),
+        "none (the map alone)",
+        "abs; divided by max |a|; eps = 1e-5",
+        "Nguyen & Martínez (2020), On Quantitative Aspects of Model Interpretability, "
+        "arXiv:2007.07584",
+        "number of features with attribution above eps",
+    ),
+    (
+        "mprt",
+        "model parameter randomisation",
+        False,
+        (-1.0, 1.0),
+        "the method's maps on the model with every layer re-initialised, top-down",
+        "abs; divided by max |a|; Spearman rank correlation",
+        _SANITY,
+        "Spearman correlation between the maps of the trained and the randomised model",
+    ),
+    (
+        "smooth_mprt",
+        "smooth MPRT",
+        False,
+        (-1.0, 1.0),
+        "maps averaged over noisy inputs, on the model randomised bottom-up",
+        "abs; divided by max |a|; Spearman rank correlation",
+        "Hedström, Weber, Lapuschkin & Höhne (2024), A Fresh Look at Sanity Checks for Saliency "
+        "Maps (sMPRT), xAI / TMLR",
+        "Spearman correlation of noise-averaged maps of the trained and the randomised model",
+    ),
+    (
+        "efficient_mprt",
+        "efficient MPRT",
+        True,
+        (0.0, math.inf),
+        "the method's maps on the model randomised bottom-up",
+        "abs; divided by max |a|; entropy of a 100-bin histogram",
+        "Hedström, Weber, Lapuschkin & Höhne (2024), A Fresh Look at Sanity Checks for Saliency "
+        "Maps (eMPRT), xAI / TMLR",
+        "explanation complexity of the randomised model over that of the trained model",
+    ),
+    (
+        "random_logit",
+        "random logit",
+        False,
+        (-1.0, 1.0),
+        "the map of a random other class (numpy seed 42, as Quantus)",
+        "divided by max |a|; 1-D SSIM (window 7) of the flattened maps",
+        "Sixt, Granz & Landgraf (2020), When Explanations Lie: Why Many Modified BP "
+        "Attributions Fail, ICML",
+        "similarity between the maps of the target class and of a random other class",
+    ),
+    (
+        "completeness",
+        "completeness",
+        True,
+        (0.0, 1.0),
+        "'black': the sample's minimum everywhere",
+        _FEATURES,
+        "Sundararajan, Taly & Yan (2017), Axiomatic Attribution for Deep Networks, ICML",
+        "1 when the attributions sum to f(x) - f(baseline) (exactly, as Quantus)",
+    ),
+    (
+        "non_sensitivity",
+        "non-sensitivity",
+        False,
+        (0.0, math.inf),
+        "'black': each feature set to the sample's minimum alone",
+        _FEATURES + "; abs",
+        "Nguyen & Martínez (2020), On Quantitative Aspects of Model Interpretability, "
+        "arXiv:2007.07584",
+        "number of features where zero attribution and no output change disagree",
+    ),
+    (
+        "input_invariance",
+        "input invariance",
+        True,
+        (0.0, 1.0),
+        "a constant shift (-1) of the input, compensated in the model",
+        "none",
+        "Kindermans et al. (2019), The (Un)reliability of Saliency Methods, in Explainable AI, "
+        "Springer LNCS 11700",
+        "1 when the map is unchanged by a compensated constant input shift",
+    ),
+    (
+        "irof",
+        "IROF",
+        True,
+        (0.0, math.inf),
+        "superpixels (SLIC) replaced by the mean of the images perturbed so far (batch-wide, as "
+        "Quantus)",
+        _FEATURES,
+        "Rieger & Hansen (2020), IROF: a low resource evaluation metric for explanation methods, "
+        "ICLR workshops",
+        "area over the y_perturbed / y curve as superpixels are removed, most relevant first",
+    ),
+    (
+        "road",
+        "ROAD (MoRF accuracy)",
+        False,
+        (0.0, 1.0),
+        "noisy linear imputation (8-neighbour weights 1/6, 1/12; noise 0.01)",
+        "attributions summed over channels; pixels ranked, most relevant first",
+        "Rong, Leemann, Borisov, Kasneci & Kasneci (2022), A Consistent and Efficient Evaluation "
+        "Strategy for Attribution Methods, ICML",
+        "accuracy averaged over 1 %, 3 %, ..., 99 % of the pixels removed and imputed",
+    ),
+]
+
+for _row in _CATALOGUE_ROWS:
+    _name, _title, _higher, _range, _baseline, _pre, _paper, _text = _row
+    METRICS[_name] = MetricInfo(
+        name=_name,
+        title=_title,
+        higher_is_better=_higher,
+        range=_range,
+        baseline=_baseline,
+        preprocessing=_pre,
+        paper=_paper + _Q,
+        description=_text,
+    )
 
 
 def metric_info(name: str) -> MetricInfo:

@@ -41,6 +41,9 @@ from xaikit.evaluate.sanity import class_contrast, randomization_check
 from xaikit.explain.adapter import ExplainWarning
 from xaikit.explain.state import model_device
 
+#: The metrics of the original suite, selectable by name in ``metrics=`` too.
+SUITE_METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
+
 
 def summarize(values: torch.Tensor) -> dict[str, float | int]:
     """``{"mean", "std", "n"}`` over the finite entries of ``values`` (NaN = not applicable)."""
@@ -73,18 +76,74 @@ class EvaluationReport:
     def methods(self) -> list[str]:
         return list(self.scores)
 
+    def comparison(self) -> dict[str, Any]:
+        """Methods x metrics with ranks, the direction of each metric applied: ``{"metrics":
+        [...], "methods": {method: {"means": {metric: mean}, "ranks": {metric: rank},
+        "mean_rank": r}}}``; rank 1 is the best, ties share their average rank, a missing or
+        NaN mean is unranked (``None``)."""
+        names = [m for m in METRICS if any(m in row for row in self.scores.values())]
+        names += [m for row in self.scores.values() for m in row if m not in names]
+        methods = self.methods
+        table: dict[str, dict[str, Any]] = {m: {"means": {}, "ranks": {}} for m in methods}
+        for metric in names:
+            means = {m: self.scores[m].get(metric, {}).get("mean") for m in methods}
+            higher = METRICS[metric].higher_is_better if metric in METRICS else True
+            ranks = _rank(means, higher)
+            for m in methods:
+                table[m]["means"][metric] = means[m]
+                table[m]["ranks"][metric] = ranks[m]
+        for m in methods:
+            ranked = [r for r in table[m]["ranks"].values() if r is not None]
+            table[m]["mean_rank"] = sum(ranked) / len(ranked) if ranked else None
+        return {"metrics": names, "methods": table}
+
+    def comparison_table(self) -> str:
+        """The :meth:`comparison` as text: one row per metric (title and arrow), one column per
+        method, each cell ``mean (rank)``; the last row is each method's mean rank."""
+        view = self.comparison()
+        methods = self.methods
+        rows: list[tuple[str, list[str]]] = []
+        for metric in view["metrics"]:
+            info = METRICS.get(metric)
+            label = f"{info.title} {info.arrow}" if info is not None else metric
+            cells = []
+            for m in methods:
+                mean = view["methods"][m]["means"][metric]
+                rank = view["methods"][m]["ranks"][metric]
+                cells.append("-" if rank is None else f"{_fmt(mean)} ({rank:g})")
+            rows.append((label, cells))
+        mean_ranks = [view["methods"][m]["mean_rank"] for m in methods]
+        rows.append(("mean rank", ["-" if r is None else f"{r:.2f}" for r in mean_ranks]))
+        label_width = max([len("metric")] + [len(label) for label, _ in rows])
+        widths = [
+            max([len(m)] + [len(cells[i]) for _, cells in rows]) for i, m in enumerate(methods)
+        ]
+
+        def line(label: str, cells: list[str]) -> str:
+            padded = [f"{cell:>{width}}" for cell, width in zip(cells, widths)]
+            return "  ".join([f"{label:<{label_width}}", *padded])
+
+        lines = [line("metric", methods)] + [line(label, cells) for label, cells in rows]
+        lines.append("cells: mean (rank; 1 = best, the metric's direction applied)")
+        lines.append("↑ higher is better, ↓ lower is better")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: scores, sanity checks, settings and every used metric's metadata."""
+        """JSON-ready: scores, sanity checks, settings and every used metric's metadata (and the
+        methods x metrics ``comparison`` when ``metrics=`` chose the figures)."""
         used = {metric for row in self.scores.values() for metric in row}
         if self.sanity:
             used |= {"randomization_spearman", "randomization_ssim", "class_contrast"}
             used |= {"class_contrast_l1"}
-        return {
+        out = {
             "settings": self.settings,
             "metrics": {name: METRICS[name].to_dict() for name in METRICS if name in used},
             "scores": self.scores,
             "sanity": self.sanity,
         }
+        if self.settings.get("metrics") is not None:
+            out["comparison"] = self.comparison()
+        return out
 
     def table(self) -> str:
         """A plain-text table: one row per metric with its arrow (↑ higher is better,
@@ -179,6 +238,117 @@ def _localization_items(
     return torch.arange(n, device=masks.device), labels, masks
 
 
+def _rank(means: dict[str, Any], higher_is_better: bool) -> dict[str, float | None]:
+    """Rank 1 = best; ties get their average rank; ``None`` / NaN stay unranked."""
+    valid = {
+        k: float(v) for k, v in means.items() if isinstance(v, (int, float)) and math.isfinite(v)
+    }
+    ordered = sorted(valid.values(), reverse=higher_is_better)
+    ranks: dict[str, float | None] = {k: None for k in means}
+    for k, v in valid.items():
+        positions = [i + 1 for i, w in enumerate(ordered) if w == v]
+        ranks[k] = sum(positions) / len(positions)
+    return ranks
+
+
+def bootstrap_ci(
+    values: torch.Tensor, *, seed: int = 0, resamples: int = 1000, level: float = 0.95
+) -> list[float]:
+    """``[low, high]`` percentile bootstrap interval of the mean of the finite ``values``
+    (seeded; NaN bounds for fewer than 2 values)."""
+    flat = values.detach().reshape(-1).double().cpu()
+    flat = flat[torch.isfinite(flat)]
+    if flat.numel() < 2:
+        return [math.nan, math.nan]
+    gen = torch.Generator().manual_seed(int(seed))
+    index = torch.randint(0, flat.numel(), (resamples, flat.numel()), generator=gen)
+    means = flat[index].mean(1)
+    tail = (1.0 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
+    return [float(low), float(high)]
+
+
+def _summary_with_values(values: torch.Tensor, seed: int) -> dict[str, Any]:
+    flat = values.detach().reshape(-1).double().cpu()
+    return {
+        **summarize(flat),
+        "ci95": bootstrap_ci(flat, seed=seed),
+        "values": [float(v) if math.isfinite(v) else None for v in flat.tolist()],
+    }
+
+
+def metric_rows(model: nn.Module, x: torch.Tensor, memory_budget: int | str | None) -> int:
+    """Rows (perturbed inputs) per forward pass that fit the memory budget (see
+    :func:`xaikit.explain.engine.parse_memory_budget` and ``sample_bytes``), at most 64 on a
+    CPU."""
+    from xaikit.explain.adapter import ModelAdapter
+    from xaikit.explain.engine import parse_memory_budget, sample_bytes
+
+    budget = parse_memory_budget(memory_budget)
+    per_row = sample_bytes(ModelAdapter(model, x[:1]))
+    rows = int(max(1, min(4096, budget // max(1, per_row))))
+    # On a CPU larger batches only cost cache misses: one image per row is fastest near 64.
+    return rows if model_device(model).type != "cpu" else min(rows, 64)
+
+
+def _catalogue_options(
+    name: str, x: torch.Tensor, steps: int, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The options metric ``name`` accepts: the given ones, plus suite defaults that keep
+    per-feature metrics to about ``steps`` perturbation steps and ``k`` within the image."""
+    from xaikit.evaluate.catalogue import metric_spec
+
+    fn = metric_spec(name).function
+    code = fn.__code__
+    accepted = set(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
+    out = {k: v for k, v in options.items() if k in accepted}
+    features = x[0].numel()
+    if "features_in_step" in accepted and "features_in_step" not in out:
+        out["features_in_step"] = max(1, math.ceil(features / steps))
+    if name == "top_k_intersection" and "k" not in out:
+        out["k"] = min(1000, math.prod(x.shape[2:]))
+    if name == "faithfulness_correlation" and "subset_size" not in out:
+        out["subset_size"] = min(224, features)
+    return out
+
+
+def _catalogue_scores(
+    metrics: Sequence[str],
+    *,
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    explainer: Explainer,
+    items: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    item_maps: torch.Tensor | None,
+    steps: int,
+    seed: int,
+    rows: int,
+    quiet: bool | None,
+    metric_options: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    from xaikit.evaluate.catalogue import metric_spec, run_metric
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in metrics:
+        spec = metric_spec(name)
+        kwargs = _catalogue_options(name, x, steps, metric_options)
+        if spec.needs == "masks":
+            if items is None or item_maps is None:
+                continue  # no ground truth: localisation skipped, as the pointing games
+            values = run_metric(name, None, x, item_maps, targets, masks=items[2], **kwargs)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExplainWarning)
+                values = run_metric(
+                    name, model, x, maps, targets, explainer=explainer, seed=seed,
+                    batch_size=rows, quiet=quiet, **kwargs,
+                )  # fmt: skip
+        out[name] = _summary_with_values(values, seed)
+    return out
+
+
 def evaluate_methods(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -199,6 +369,9 @@ def evaluate_methods(
     normalization: Normalization | None = None,
     class_names: Sequence[str] | None = None,
     quiet: bool | None = None,
+    metrics: Sequence[str] | None = None,
+    metric_options: dict[str, Any] | None = None,
+    memory_budget: int | str | None = None,
     **options: Any,
 ) -> EvaluationReport:
     """Score heatmap methods and the random / centred-Gaussian baselines on one batch.
@@ -228,6 +401,19 @@ def evaluate_methods(
             perturbing).
         class_names: names for the per-class pointing-game figures.
         quiet: hide progress bars.
+        metrics: compute only these: names of :data:`~xaikit.evaluate.catalogue.CATALOGUE`
+            (faithfulness, robustness, localisation, complexity, randomisation, axiomatic)
+            and/or of :data:`SUITE_METRICS`; the sanity checks are then skipped. Each entry of
+            ``scores`` then also holds ``"ci95"`` (seeded bootstrap of the mean) and
+            ``"values"`` (per sample), and the report a methods x metrics ``comparison``.
+            ``None`` (default): the original suite. Catalogue metrics perturb what the model
+            takes (the inputs after ``normalization``), as Quantus does; deletion / insertion
+            keep perturbing the raw images.
+        metric_options: keyword options given to every catalogue metric that accepts them
+            (e.g. ``{"nr_samples": 20}``); by default per-feature metrics take
+            ``features_in_step = ceil(C*H*W / steps)``.
+        memory_budget: bytes (or ``"512M"``) for the perturbed rows of one forward pass
+            (default: ``$XAIKIT_MEMORY_BUDGET`` or 1 GiB).
         **options: passed to ``explain`` for every named method.
 
     Returns:
@@ -244,6 +430,17 @@ def evaluate_methods(
     names = [method_name(m) for m in listed] + list(baselines)
     if len(set(names)) != len(names):
         raise XaikitConfigError(f"methods must be distinct, got {names}")
+    selected = None if metrics is None else list(dict.fromkeys(metrics))
+    if selected is not None:
+        from xaikit.evaluate.catalogue import CATALOGUE
+
+        unknown = [m for m in selected if m not in CATALOGUE and m not in SUITE_METRICS]
+        if unknown or not selected:
+            raise XaikitConfigError(
+                f"unknown metric {unknown[0] if unknown else '(none given)'!r}; choose from "
+                f"{', '.join([*SUITE_METRICS, *CATALOGUE])}"
+            )
+        sanity = False
     layer = layer_name(model, layer)
     x = model_inputs(inputs, normalization)
     targets = resolve_targets(model, x, target, batch_size=batch_size)
@@ -255,39 +452,49 @@ def evaluate_methods(
         items = _localization_items(masks.to(device), lab, n)
 
     curve_kw = {"steps": steps, "batch_size": batch_size, "normalization": normalization}
+    rows = metric_rows(model, x, memory_budget) if selected is not None else batch_size
     scores: dict[str, dict[str, dict[str, Any]]] = {}
     checks: dict[str, dict[str, Any]] = {}
     for method, name in zip([*listed, *baselines], names):
         explainer = _explainer(method, layer=layer, seed=seed, options=options)
         maps = compute_maps(explainer, model, x, targets)
         row: dict[str, dict[str, Any]] = {}
-        deletion = deletion_curve(
-            model, inputs, maps, targets, baseline=deletion_baseline, quiet=quiet, **curve_kw
-        )
-        insertion = insertion_curve(
-            model, inputs, maps, targets, start=insertion_start, quiet=quiet, **curve_kw
-        )
-        row["deletion_auc"] = summarize(deletion.auc)
-        row["insertion_auc"] = summarize(insertion.auc)
-        if items is not None:
-            image, cls, item_masks = items
-            item_maps = compute_maps(explainer, model, x[image], cls)
-            hits = pointing_game(item_maps, item_masks, tolerance=tolerance)
-            energy = energy_pointing_game(item_maps, item_masks)
-            row["pointing_game"] = {
-                **summarize(hits),
-                "per_class": _per_class(hits, cls, class_names),
-            }
-            if tolerance:  # the strict figure beside the tolerant one, so both are seen
-                exact = pointing_game(item_maps, item_masks)
-                row["pointing_game_exact"] = {
-                    **summarize(exact),
-                    "per_class": _per_class(exact, cls, class_names),
+        if selected is None:
+            deletion = deletion_curve(
+                model, inputs, maps, targets, baseline=deletion_baseline, quiet=quiet, **curve_kw
+            )
+            insertion = insertion_curve(
+                model, inputs, maps, targets, start=insertion_start, quiet=quiet, **curve_kw
+            )
+            row["deletion_auc"] = summarize(deletion.auc)
+            row["insertion_auc"] = summarize(insertion.auc)
+            if items is not None:
+                image, cls, item_masks = items
+                item_maps = compute_maps(explainer, model, x[image], cls)
+                hits = pointing_game(item_maps, item_masks, tolerance=tolerance)
+                energy = energy_pointing_game(item_maps, item_masks)
+                row["pointing_game"] = {
+                    **summarize(hits),
+                    "per_class": _per_class(hits, cls, class_names),
                 }
-            row["energy_pointing_game"] = {
-                **summarize(energy),
-                "per_class": _per_class(energy, cls, class_names),
-            }
+                if tolerance:  # the strict figure beside the tolerant one, so both are seen
+                    exact = pointing_game(item_maps, item_masks)
+                    row["pointing_game_exact"] = {
+                        **summarize(exact),
+                        "per_class": _per_class(exact, cls, class_names),
+                    }
+                row["energy_pointing_game"] = {
+                    **summarize(energy),
+                    "per_class": _per_class(energy, cls, class_names),
+                }
+        else:
+            row = _selected_scores(
+                selected, model=model, inputs=inputs, x=x, maps=maps, targets=targets,
+                explainer=explainer, items=items, curve_kw=curve_kw, tolerance=tolerance,
+                deletion_baseline=deletion_baseline, insertion_start=insertion_start,
+                steps=steps, seed=seed, rows=rows, quiet=quiet, class_names=class_names,
+                metric_options=dict(metric_options or {}),
+            )  # fmt: skip
         scores[name] = row
         if sanity:
             randomization = randomization_check(
@@ -314,6 +521,14 @@ def evaluate_methods(
         "normalization": None if normalization is None else dict(normalization),
         "options": {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool))},
     }
+    if selected is not None:
+        settings["metrics"] = selected
+        settings["metric_options"] = {
+            k: v
+            for k, v in (metric_options or {}).items()
+            if isinstance(v, (str, int, float, bool))
+        }
+        settings["rows_per_forward"] = rows
     return EvaluationReport(scores=scores, sanity=checks, settings=settings)
 
 
@@ -326,3 +541,73 @@ def _per_class(
         key = class_names[k] if class_names is not None and k < len(class_names) else str(k)
         out[key] = summarize(values[classes == k])["mean"]
     return out
+
+
+def _selected_scores(
+    selected: Sequence[str],
+    *,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    explainer: Explainer,
+    items: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    curve_kw: dict[str, Any],
+    tolerance: int,
+    deletion_baseline: str | float,
+    insertion_start: str | float,
+    steps: int,
+    seed: int,
+    rows: int,
+    quiet: bool | None,
+    class_names: Sequence[str] | None,
+    metric_options: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """The scores of the ``metrics=`` selection for one method's ``maps``."""
+    row: dict[str, dict[str, Any]] = {}
+    if "deletion_auc" in selected:
+        curve = deletion_curve(
+            model, inputs, maps, targets, baseline=deletion_baseline, quiet=quiet, **curve_kw
+        )
+        row["deletion_auc"] = _summary_with_values(curve.auc, seed)
+    if "insertion_auc" in selected:
+        curve = insertion_curve(
+            model, inputs, maps, targets, start=insertion_start, quiet=quiet, **curve_kw
+        )
+        row["insertion_auc"] = _summary_with_values(curve.auc, seed)
+    item_maps = None
+    if items is not None:
+        image, cls, item_masks = items
+        item_maps = compute_maps(explainer, model, x[image], cls)
+        if "pointing_game" in selected:
+            hits = pointing_game(item_maps, item_masks, tolerance=tolerance)
+            row["pointing_game"] = {
+                **_summary_with_values(hits, seed),
+                "per_class": _per_class(hits, cls, class_names),
+            }
+        if "energy_pointing_game" in selected:
+            energy = energy_pointing_game(item_maps, item_masks)
+            row["energy_pointing_game"] = {
+                **_summary_with_values(energy, seed),
+                "per_class": _per_class(energy, cls, class_names),
+            }
+    catalogue = [m for m in selected if m not in SUITE_METRICS]
+    row.update(
+        _catalogue_scores(
+            catalogue,
+            model=model,
+            x=x,
+            maps=maps,
+            targets=targets,
+            explainer=explainer,
+            items=items,
+            item_maps=item_maps,
+            steps=steps,
+            seed=seed,
+            rows=rows,
+            quiet=quiet,
+            metric_options=metric_options,
+        )
+    )
+    return row

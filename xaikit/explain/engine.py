@@ -39,36 +39,43 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaikit._names import GRADIENT_NAMES, METHOD_ALIASES, SCORE_CAM_METHODS
+from xaikit._names import GRADIENT_NAMES, LRP_METHODS, METHOD_ALIASES, SCORE_CAM_METHODS
 from xaikit.errors import XaikitConfigError
 from xaikit.explain.adapter import ExplainWarning, InputKey, ModelAdapter, OutputSelector
 from xaikit.explain.attention import ATTENTION_METHODS, attention_map, options_of
 from xaikit.explain.cam import CAM_METHODS
-from xaikit.explain.hooks import Capture
+from xaikit.explain.cam_engine import SCORE_CAM_OPTIONS as _SCORE_CAM_OPTIONS
+from xaikit.explain.cam_engine import (
+    CamCall,
+    LayerPass,
+    cam_options,
+    cam_raws,
+    capture_pass,
+    layer_label,
+    layer_list,
+    needs_capture_gradients,
+)
+from xaikit.explain.cam_engine import uses_layer as cam_uses_layer
 from xaikit.explain.layers import auto_layer_cached, is_attention_internal, resolve_layer
 from xaikit.explain.layouts import (
     Layout,
     Reshape,
     check_reshape,
-    is_channels_last_module,
-    layout_for,
-    model_hints,
-    to_map,
 )
 from xaikit.explain.postprocess import DEFAULT_EPS, check_normalize, to_heatmaps, upsample
 from xaikit.explain.result import Explanation, concat_explanations
-from xaikit.explain.scorecam import DEFAULT_BATCH_SIZE, FILL_RULES, score_cam
 from xaikit.explain.state import borrowed
 from xaikit.explain.targets import resolve_targets
+from xaikit.lrp.core import LRP_OPTIONS, explain_lrp
 from xaikit.warn import warn_user
 
 #: The built-in method names (methods added to ``CAM_METHODS`` later are accepted too).
-METHODS = (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES, *ATTENTION_METHODS)
+METHODS = (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES, *ATTENTION_METHODS, *LRP_METHODS)
 
 
 def method_names() -> tuple[str, ...]:
     """Every method name ``explain`` accepts now, registered CAM methods included."""
-    return (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES, *ATTENTION_METHODS)
+    return (*CAM_METHODS, *SCORE_CAM_METHODS, *GRADIENT_NAMES, *ATTENTION_METHODS, *LRP_METHODS)
 
 
 def is_cam(name: str) -> bool:
@@ -76,12 +83,12 @@ def is_cam(name: str) -> bool:
     return name in CAM_METHODS or name in SCORE_CAM_METHODS
 
 
-#: Gradient methods that expand the batch (path points, noisy copies, windows): their rows per
-#: forward pass default to the memory budget's.
-ROW_BATCHED = ("ig", "smoothgrad", "occlusion")
+#: Gradient methods that expand the batch (path points, noisy copies, windows, perturbed
+#: samples) take ``internal_batch_size``: their rows per forward pass default to the memory
+#: budget's.
 
 #: Options of the Score-CAM methods (the others go to the gradient methods).
-SCORE_CAM_OPTIONS = {"scorecam": ("batch_size",), "scorecam-fast": ("batch_size", "top_k", "fill")}
+SCORE_CAM_OPTIONS = _SCORE_CAM_OPTIONS
 
 
 @dataclass
@@ -143,7 +150,7 @@ def _accepted(fn: Callable[..., Any]) -> set[str]:
         p.name
         for p in params
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        and p.name not in ("seed", "first_index")
+        and p.name not in ("seed", "first_index", "model")
     } - {"forward", "inputs", "targets"}
 
 
@@ -157,8 +164,10 @@ def route_options(methods: Sequence[str], options: Mapping[str, Any]) -> dict[st
             accepted = _accepted(_gradient_fn(m))
         elif m in ATTENTION_METHODS:
             accepted = set(options_of(m))
+        elif m in LRP_METHODS:
+            accepted = set(LRP_OPTIONS)
         else:
-            accepted = set(SCORE_CAM_OPTIONS.get(m, ()))
+            accepted = set(cam_options(m)) if is_cam(m) else set()
         accepted_all |= accepted
         for key, value in options.items():
             if key in accepted:
@@ -488,56 +497,42 @@ def _run(
     cams = [m for m in methods if is_cam(m)]
     if "guided-gradcam" in methods and "gradcam" not in cams:
         cams.append("gradcam")  # computed for Guided Grad-CAM, not returned on its own
-    needs_grads = any(m in CAM_METHODS and CAM_METHODS[m].needs_gradients for m in cams)
+    layered = [m for m in cams if cam_uses_layer(m)]
 
     layer_name: str | None = None
-    activations: torch.Tensor | None = None
     layout: Layout | None = None
-    tuple_output = False
-    if cams:
-        layer = _layer_name(settings.layer, adapter.model is not original)
-        if isinstance(layer, str) and layer == "auto" and not auto_layer_cached(adapter.model, x):
+    first: LayerPass | None = None
+    resolved: list[tuple[str, nn.Module]] = []
+    if layered:
+        layers = layer_list(settings.layer)
+        wrapped = adapter.model is not original
+        if any(isinstance(la, str) and la == "auto" for la in layers) and not auto_layer_cached(
+            adapter.model, x
+        ):
             # Choosing the layer takes one dry backward pass; bad targets are refused first.
             with torch.no_grad():
                 early = adapter.logits(adapter.call(x), n)
             resolve_targets(
                 target, early, task=adapter.task, predict=adapter.predict, class_names=class_names
             )
-        layer_name, module = resolve_layer(adapter.model, layer, x, adapter.trace_forward())
-        with Capture(adapter.model, {layer_name: module}, grad=needs_grads) as capture:
-            args, kwargs = adapter.inputs.with_input(x)
-            output = capture.run(*args, **kwargs)
-        activations = capture.activations[layer_name]
-        tuple_output = layer_name in capture.tuples
-        # Decided before any backward pass: a layer that is no map of the input is refused.
-        if settings.reshape == "auto" and is_attention_internal(adapter.model, layer_name):
-            # Its shape may pass for a map (q|k|v as channels, a small attention matrix).
-            seen = "x".join(str(v) for v in activations.shape[1:])
-            raise XaikitConfigError(
-                f"layer {layer_name!r} outputs (N, {seen}) inside an attention module (q, k, v, "
-                "their norms or the attention probabilities): it is not a map of the input; "
-                "choose the "
-                "block or its first norm (`xaikit layers --why`), a method that reads the "
-                "attention (attention-rollout, attention-gradients), or pass --reshape / "
-                "reshape= to insist"
-            )
-        layout = layout_for(
-            layer_name,
-            tuple(activations.shape),
-            size,
-            model_hints(adapter.model, size),
-            settings.reshape,
-            sample=activations,
-            channels_last=is_channels_last_module(module, tuple(activations.shape)),
+        resolved = [
+            resolve_layer(adapter.model, _layer_name(la, wrapped), x, adapter.trace_forward())
+            for la in layers
+        ]
+        first = capture_pass(
+            adapter,
+            *resolved[0],
+            x,
+            settings,
+            grad=needs_capture_gradients(layered),
+            check=True,
         )
-        if capture.calls.get(layer_name, 1) > 1:
-            warn_user(
-                f"layer {layer_name!r} ran {capture.calls[layer_name]} times in one forward "
-                "pass (a shared module); the last call is explained. Choose a layer that runs "
-                "once (see `xaikit layers`)",
-                ExplainWarning,
-            )
-        logits = adapter.logits(output, n)
+        for extra_name, extra_module in resolved[1:]:
+            if settings.reshape == "auto" and is_attention_internal(adapter.model, extra_name):
+                capture_pass(adapter, extra_name, extra_module, x, settings, grad=False, check=True)
+        layout = first.layout
+        layer_name = layer_label([name for name, _module in resolved])
+        logits = first.logits
     else:
         with torch.no_grad():
             logits = adapter.logits(adapter.call(x), n)
@@ -557,29 +552,24 @@ def _run(
         _warn_no_targets()
 
     raws: dict[str, torch.Tensor] = {}
-    if cams and activations is not None:
-        gradients = None
-        if needs_grads and targets.k > 0:
-            gradients = layer_gradients(selected, activations, layer_name or "", tuple_output)
-            gradients = to_map(gradients, layout, lead=2) if layout is not None else gradients
-        acts = activations.detach()
-        acts = to_map(acts, layout) if layout is not None else acts
-        for name in cams:
-            if name in CAM_METHODS:
-                if targets.k == 0:
-                    raws[name] = acts.new_zeros(n, 0, *acts.shape[2:])
-                    continue
-                raws[name] = CAM_METHODS[name].map(acts, gradients, targets.k)
-            else:
-                raws[name] = _score_cam(adapter, name, acts, index, settings, routed[name])
+    layer_maps: dict[str, dict[str, torch.Tensor]] = {}
+    if cams:
+        cam_call = CamCall(
+            adapter, cams, settings, routed, index, first, resolved, first_index, rows
+        )
+        first = None  # the call holds the first pass; freed with it
+        raws, layer_maps = cam_raws(cam_call)
+        del cam_call
     del selected  # frees the graph before the gradient methods run
 
+    conservation: dict[str, torch.Tensor] = {}  # LRP: (N, K) summed relevance per target
     for name in methods:
         if name in GRADIENT_NAMES:
             options = dict(routed[name])
-            if rows is not None and name in ROW_BATCHED:
+            takes = inspect.signature(_gradient_fn(name)).parameters
+            if rows is not None and "internal_batch_size" in takes:
                 options.setdefault("internal_batch_size", rows)
-            if name == "smoothgrad":
+            if "first_index" in takes:  # seeded noise follows the input's index in the call
                 options["first_index"] = first_index
             raws[name] = _gradient_method(adapter, name, index, settings, options, raws, size)
         elif name in ATTENTION_METHODS:
@@ -587,6 +577,13 @@ def _run(
             raws[name] = attention_map(
                 adapter.model, adapter.forward, x, index, name, **routed[name]
             )
+        elif name in LRP_METHODS:
+            # One forward with the rules in place, K targets by one batched backward; the
+            # relevance starts from the explained scores (conservation: sums ~ scores).
+            raws[name], totals = explain_lrp(
+                adapter, x, index, explained_scores, settings.layer, original, **routed[name]
+            )
+            conservation[name] = totals.masked_fill(~targets.valid, 0)
 
     valid = targets.valid
     all_valid = not targets.padded
@@ -627,45 +624,17 @@ def _run(
             class_names=list(class_names) if class_names is not None else None,
             options=dict(routed.get(name, {})),
             layout=layout.describe() if layout is not None and uses_layer else None,
+            conservation=conservation.get(name),
         )
+    for name, per_layer in layer_maps.items():
+        if name in results:
+            results[name].layer_maps = per_layer
+    for name in results:
+        if name in CAM_METHODS and not cam_uses_layer(name):
+            results[name].layer, results[name].layout = None, None
     if degenerate_total and not chunked:
         _warn_degenerate(results, layer_name)
     return results
-
-
-def _score_cam(
-    adapter: ModelAdapter,
-    name: str,
-    activations: torch.Tensor,
-    index: torch.Tensor,
-    settings: Settings,
-    options: dict[str, Any],
-) -> torch.Tensor:
-    batch_size = options.get("batch_size", DEFAULT_BATCH_SIZE)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise XaikitConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if index.shape[1] == 0:
-        return activations.new_zeros(index.shape[0], 0, *activations.shape[2:])
-    top_k = None
-    fill = "mean"
-    if name == "scorecam-fast":
-        channels = activations.shape[1]
-        top_k = options.get("top_k", max(1, channels // 8))
-        fill = options.get("fill", "mean")
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise XaikitConfigError(f"top_k must be a positive integer, got {top_k!r}")
-        if fill not in FILL_RULES:
-            raise XaikitConfigError(f"fill must be one of {', '.join(FILL_RULES)}; got {fill!r}")
-    return score_cam(
-        adapter.forward,
-        adapter.x,
-        activations,
-        index,
-        batch_size=batch_size,
-        top_k=top_k,
-        fill=fill,
-        quiet=settings.quiet,
-    )
 
 
 def _gradient_method(
@@ -685,6 +654,9 @@ def _gradient_method(
     def forward(batch: torch.Tensor) -> torch.Tensor:
         return adapter.forward(batch)
 
+    if "model" in inspect.signature(fn).parameters:
+        # Methods that hook the model's modules (DeepLift, deconvolution) get it too.
+        options = {**options, "model": adapter.model}
     maps = fn(forward, x, index, seed=settings.seed, **options)
     if name == "guided-gradcam":
         cam = upsample(raws["gradcam"].clamp_min(0).to(maps.dtype), size)

@@ -35,6 +35,16 @@ colormap centred on zero; the figure's title names the rule ("cat (p=0.97) — i
 ``<target>`` is ``<index>-<class name>`` (or ``<index>`` when the model has no class names).
 An image ``cat.jpg`` given directly has the key ``cat.jpg``; an image found in a folder
 ``imgs`` given as input has the key ``imgs/<path inside imgs>`` (e.g. ``imgs/sub/cat.jpg``).
+Names from outside are made safe first (:mod:`xaikit.names`): each part of a key, and the
+class name in ``<target>``, loses path separators, control characters, undecodable bytes
+(``_`` instead) and leading dots, and is at most 100 bytes of UTF-8 (a longer name is cut and
+ends with 8 hex digits of its SHA-256; ``<target>`` at most 64 bytes), so no output file name
+is longer than 100 bytes. The full names are in the records: ``source`` is the path as text,
+a byte that is not UTF-8 written ``\\xNN`` (``b"caf\\xe9.png"`` -> ``"caf\\\\xe9.png"`` in the
+JSON), with ``source_bytes`` (the path's exact bytes, hex) added for such a name; ``name``
+is the whole class name. Class names must be strings (numbers are read as text; anything
+else, or a name over 1,000 characters, is refused in one line); titles show at most 60
+characters of one, as plain text (no mathtext).
 Keys that would collide get ``~2``, ``~3``, ... appended; so does a key whose first part is
 one of the run's own names (``results.json``, ``results.jsonl``, ``.xaikit.lock``): an image
 given as ``results.json`` is written to ``results.json~2/``. ``out`` may not be an input
@@ -52,7 +62,10 @@ it). With ``resume=True`` an input is skipped when its last journal record is an
 record whose files all check out: each path relative, inside ``out`` once resolved (no
 ``..``, no absolute path, no symlink leading out), a regular file, of the byte size the
 record's ``sizes`` gives it (a record without sizes, e.g. hand-edited or from an older
-xaikit, counts as not done). Anything else is explained again; bad files are tried again.
+xaikit, counts as not done), and every field of the record has its type (see
+``_checked_outputs``: a size that is a string, outputs that are a number, a target that is
+not an int ... count as not done; a line that is no JSON object is skipped). Anything
+else is explained again; bad files are tried again.
 Resuming with other settings (model, methods, target, layer, score, input shape,
 normalization, colours, figures) is refused.
 
@@ -95,6 +108,16 @@ from xaikit.explain.cam import CAM_METHODS
 from xaikit.explain.engine import SCORE_CAM_METHODS, check_methods
 from xaikit.explain.result import Explanation
 from xaikit.io import LOCK_NAME, atomic_path, atomic_write_text, dumps_json
+from xaikit.names import (
+    FILE_NAME_LIMIT,
+    bound,
+    check_class_names,
+    file_key,
+    json_safe,
+    printable,
+    short_label,
+    source_bytes,
+)
 from xaikit.viz.colormaps import check_sign, display_family, display_map, get_colormap
 from xaikit.viz.overlay import MAX_OVERLAY_SIDE, display_pixels, overlay, overlay_figure
 
@@ -125,6 +148,22 @@ class ImageSource:
     path: Path
     key: str
     problem: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The path as text for records and messages (undecodable bytes as ``\\xNN``)."""
+        return printable(str(self.path))
+
+    @property
+    def ident(self) -> tuple[str, str | None]:
+        """What identifies the file in the journal: its :attr:`name` and, for a name that
+        is not valid UTF-8, the hex of its exact bytes."""
+        return self.name, source_bytes(str(self.path))
+
+    def fields(self) -> dict[str, str]:
+        """``{"source": name}``, with ``"source_bytes"`` for a non-UTF-8 name."""
+        name, raw = self.ident
+        return {"source": name, **({"source_bytes": raw} if raw is not None else {})}
 
 
 @dataclass
@@ -173,18 +212,21 @@ def collect_images(
     seen: set[Path] = set()
     keys: set[str] = set()
 
-    def add(path: Path, key: str, problem: str | None = None) -> None:
+    def add(path: Path, parts: Sequence[str], problem: str | None = None) -> None:
         resolved = path.resolve()
         if resolved in seen:
             return
         seen.add(resolved)
+        key = file_key(parts)  # every part a safe, bounded file name (xaikit.names)
         head, sep, rest = key.partition("/")
         if head in RESERVED_NAMES:  # the run's own files: out/results.json/ would collide
             key = f"{head}~2{sep}{rest}"
         unique, n = key, 1
         while unique in keys:
             n += 1
-            unique = f"{key}~{n}"
+            folder, slash, last = key.rpartition("/")
+            suffix = f"~{n}"
+            unique = f"{folder}{slash}{bound(last, FILE_NAME_LIMIT - len(suffix))}{suffix}"
         keys.add(unique)
         sources.append(ImageSource(resolved, unique, problem))
 
@@ -193,7 +235,7 @@ def collect_images(
         raise DataError("no input images given; pass image files or folders")
     for path in given:
         if not path.is_dir():
-            add(path, path.name or str(path))
+            add(path, [path.name or str(path)])
             continue
         prefix = path.resolve().name or "root"
         found = list_images(path, recursive=True)
@@ -202,12 +244,12 @@ def collect_images(
         if not found:
             add(
                 path,
-                prefix,
-                f"folder {path} holds no image files (looked for "
+                [prefix],
+                f"folder {printable(str(path))} holds no image files (looked for "
                 f"{', '.join(IMAGE_EXTENSIONS)}, subfolders included)",
             )
         for file in found:
-            add(file, f"{prefix}/{file.relative_to(path).as_posix()}")
+            add(file, [prefix, *file.relative_to(path).parts])
     return sources
 
 
@@ -293,15 +335,32 @@ def _batch_target(target: TargetSpec, n: int) -> Any:
     return [list(target) for _ in range(n)]
 
 
+#: The longest class-name part of an output file name, in bytes of UTF-8: with the method
+#: and ``.figure.png`` every file name stays within :data:`xaikit.names.FILE_NAME_LIMIT`.
+TAG_LIMIT = 64
+
+
 def target_tag(index: int, name: str | None) -> str:
-    """The target part of an output file name: ``"2-triangle"``, or ``"417"`` unnamed."""
-    return f"{index}-{_UNSAFE.sub('_', name).strip('._') or '_'}" if name else str(index)
+    """The target part of an output file name: ``"2-triangle"``, or ``"417"`` unnamed.
+
+    Characters other than letters, digits, ``.``, ``+`` and ``-`` become ``_``; a name over
+    :data:`TAG_LIMIT` bytes is cut and ends with 8 hex digits of its SHA-256
+    (:func:`xaikit.names.bound`). The full name is in the records."""
+    if not name:
+        return str(index)
+    return f"{index}-{bound(_UNSAFE.sub('_', name).strip('._') or '_', TAG_LIMIT, original=name)}"
+
+
+def _stem(method: str, tag: str) -> str:
+    """``<method>.<target>``, bounded so that ``<stem>.figure.png`` is a short file name."""
+    return bound(f"{_UNSAFE.sub('_', method)}.{tag}", FILE_NAME_LIMIT - len(".figure.png"))
 
 
 def _title(name: str | None, index: int, probability: float, method: str, rule: str = "") -> str:
     """``"cat (p=0.97) — ig, |attribution|, clipped at 99th pct"``: ``rule`` is the
-    :attr:`~xaikit.viz.colormaps.DisplayMap.suffix` (empty for CAMs)."""
-    label = name if name else f"class {index}"
+    :attr:`~xaikit.viz.colormaps.DisplayMap.suffix` (empty for CAMs). A long class name is
+    shortened (:func:`xaikit.names.short_label`); titles are drawn without mathtext."""
+    label = short_label(name) if name else f"class {index}"
     return f"{label} (p={probability:.2f}) — {method}{rule}"
 
 
@@ -311,12 +370,14 @@ def _title(name: str | None, index: int, probability: float, method: str, rule: 
 class _Journal:
     """``results.jsonl``: a run line, then one line per input, appended as inputs finish.
 
-    Keeps only the byte offset of each source's last record in memory.
+    Keeps only the byte offset of each source's last record in memory, by the source's
+    :attr:`ImageSource.ident`. Every string is written through :func:`xaikit.names.json_safe`
+    (valid UTF-8 whatever the file names).
     """
 
     def __init__(self, path: Path, header: dict[str, Any], resume: bool) -> None:
         self.path = path
-        self.offsets: dict[str, int] = {}
+        self.offsets: dict[tuple[str, str | None], int] = {}
         self.resumed = resume and path.is_file() and path.stat().st_size > 0
         if self.resumed:
             self._read(header)
@@ -341,18 +402,26 @@ class _Journal:
                 record = _parse(line)
                 if first:
                     first = False
-                    if record is None or record.get("kind") != "run":
+                    settings = record.get("settings") if record is not None else None
+                    if (
+                        record is None
+                        or record.get("kind") != "run"
+                        or not isinstance(settings, dict)
+                    ):
                         raise XaikitConfigError(
-                            f"{self.path} is not an xaikit explain journal; remove it or use "
-                            "another --out"
+                            f"{printable(str(self.path))} is not an xaikit explain journal; "
+                            "remove it or use another --out"
                         )
-                    _check_same_settings(self.path, record.get("settings", {}), header)
+                    _check_same_settings(self.path, settings, header)
                 elif record is not None and record.get("kind") in ("image", "error"):
-                    self.offsets[str(record.get("source"))] = offset
+                    ident = _record_ident(record)
+                    if ident is not None:  # a record naming no source is not used
+                        self.offsets[ident] = offset
                 offset += len(line)
 
-    def record(self, source: str) -> dict[str, Any] | None:
-        """The last record of ``source`` (from this run or an earlier one), if any."""
+    def record(self, source: tuple[str, str | None]) -> dict[str, Any] | None:
+        """The last record of the source ``(name, bytes)`` (see :attr:`ImageSource.ident`),
+        from this run or an earlier one, if any."""
         offset = self.offsets.get(source)
         if offset is None:
             return None
@@ -361,7 +430,10 @@ class _Journal:
         return _parse(self.reader.readline())
 
     def append(self, record: dict[str, Any]) -> None:
-        self.offsets[str(record["source"])] = self.handle.tell()
+        record = json_safe(record)
+        ident = _record_ident(record)
+        if ident is not None:
+            self.offsets[ident] = self.handle.tell()
         self.handle.write(dumps_json(record, ensure_ascii=False).encode("utf-8") + b"\n")
         self.handle.flush()
 
@@ -377,9 +449,17 @@ class _Journal:
 def _parse(line: bytes) -> dict[str, Any] | None:
     try:
         record = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, a huge int, deep nesting
         return None
     return record if isinstance(record, dict) else None
+
+
+def _record_ident(record: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """The ``(source, source_bytes)`` a record is about, or None when they are not text."""
+    source, raw = record.get("source"), record.get("source_bytes")
+    if not isinstance(source, str) or not (raw is None or isinstance(raw, str)):
+        return None
+    return source, raw
 
 
 def _check_same_settings(path: Path, before: Mapping[str, Any], header: Mapping[str, Any]) -> None:
@@ -428,21 +508,104 @@ def _inside(out: Path, name: str) -> Path | None:
     return path
 
 
-def _is_done(record: dict[str, Any] | None, out: Path) -> bool:
-    """Whether a journal record proves its image done: every output path lies inside
-    ``out``, is a regular file there, and has the size the record's ``sizes`` gives it.
-    Anything else (a hand-edited path such as ``/etc/passwd``, a missing or resized file, a
-    record without sizes, a malformed record) means the image is explained again."""
-    if record is None or record.get("kind") != "image":
-        return False
+def _count(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value: Any) -> bool:
+    """A score or probability as the journal holds it: a number, or null (NaN, inf)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _checked_outputs(
+    record: Mapping[str, Any], methods: Sequence[str] | None, figures: bool | None
+) -> list[str] | None:
+    """The output file names of a well-formed image record, or None.
+
+    Well-formed: ``kind`` ``"image"``; ``source`` (and ``source_bytes`` when present) text;
+    ``output_dir`` non-empty text; ``original_size`` two positive ints; ``targets`` a list of
+    ``{"index": int >= 0, "name": text or null, "score": number or null, "probability":
+    number or null}``; ``outputs`` one list per method of the run (``methods``), one entry
+    per target, each ``{"target": that index, "degenerate": bool, "overlay"/"map"/"raw"
+    (and "figure" when the run draws figures): text naming a file in output_dir}``; ``sizes``
+    an int >= 0 for every file. Anything else - a hand edit, a bit flip, another version's
+    record - is not trusted."""
+    if record.get("kind") != "image" or _record_ident(record) is None:
+        return None
+    folder, size, targets = (
+        record.get("output_dir"),
+        record.get("original_size"),
+        record.get("targets"),
+    )
+    if not isinstance(folder, str) or not folder:
+        return None
+    if not isinstance(size, list) or len(size) != 2 or not all(_count(v, 1) for v in size):
+        return None
+    if not isinstance(targets, list) or not all(
+        isinstance(t, dict)
+        and {"index", "name", "score", "probability"} <= set(t)
+        and _count(t["index"])
+        and (t["name"] is None or isinstance(t["name"], str))
+        and _number(t["score"])
+        and _number(t["probability"])
+        for t in targets
+    ):
+        return None
+    outputs = record.get("outputs")
+    if not isinstance(outputs, dict) or (methods is not None and set(outputs) != set(methods)):
+        return None
+    required = {"overlay", "map", "raw"} | ({"figure"} if figures else set())
+    for entries in outputs.values():
+        if not isinstance(entries, list) or len(entries) != len(targets):
+            return None
+        for entry, target in zip(entries, targets):
+            if (
+                not isinstance(entry, dict)
+                or entry.get("target") != target["index"]
+                or not _count(entry.get("target"))
+                or not isinstance(entry.get("degenerate"), bool)
+                or not required <= set(entry)
+                or (figures is False and "figure" in entry)
+                or not all(
+                    isinstance(entry[k], str) and entry[k].startswith(f"{folder}/")
+                    for k in _OUTPUT_KEYS
+                    if k in entry
+                )
+            ):
+                return None
     names = _output_names(record)
     sizes = record.get("sizes")
     if names is None or not isinstance(sizes, dict):
+        return None
+    if not all(_count(sizes.get(name)) for name in names):
+        return None
+    return names
+
+
+def _is_done(
+    record: dict[str, Any] | None,
+    out: Path,
+    methods: Sequence[str] | None = None,
+    figures: bool | None = None,
+    key: str | None = None,
+) -> bool:
+    """Whether a journal record proves its image done: it is well-formed (every field of
+    the type it should have, see :func:`_checked_outputs`), and every output path lies
+    inside ``out``, is a regular file there, and has the size the record's ``sizes`` gives
+    it. Anything else (a hand-edited path such as ``/etc/passwd``, a missing or resized
+    file, a record without sizes, a field of the wrong type) means the image is explained
+    again; a record is never trusted on its word, and never raises. With ``key``, the
+    record's ``output_dir`` must be it (the folder this run gives the source)."""
+    if record is None or (key is not None and record.get("output_dir") != key):
         return False
+    names = _checked_outputs(record, methods, figures)
+    if names is None:
+        return False
+    sizes = record["sizes"]
     for name in names:
         path = _inside(out, name)
         size = sizes.get(name)
-        if path is None or not isinstance(size, int) or isinstance(size, bool):
+        if path is None:
             return False
         try:
             st = path.lstat()
@@ -642,8 +805,7 @@ class _Writer:
         for method, res in results.items():
             entries = []
             for k, target in zip(kept, targets):
-                tag = target_tag(target["index"], target["name"])
-                stem = f"{_UNSAFE.sub('_', method)}.{tag}"
+                stem = _stem(method, target_tag(target["index"], target["name"]))
                 heat = res.maps[i, k].numpy()
                 cmap, colour_range, rule = self.cmap, (0.0, 1.0), ""
                 picture_map = heat
@@ -679,7 +841,7 @@ class _Writer:
             outputs[method] = entries
         record = {
             "kind": "image",
-            "source": str(item.source.path),
+            **item.source.fields(),
             "output_dir": item.source.key,
             "original_size": list(item.original_size),
             "targets": targets,
@@ -725,7 +887,7 @@ def _write_results(
 
     def records(kind: str) -> Iterator[dict[str, Any]]:
         for source in sources:
-            record = journal.record(str(source.path))
+            record = journal.record(source.ident)
             if record is not None and record.get("kind") == kind:
                 record = dict(record)
                 record.pop("kind", None)
@@ -733,11 +895,12 @@ def _write_results(
                 yield record
 
     def block(obj: Any) -> str:
-        return dumps_json(obj, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        return dumps_json(json_safe(obj), indent=2, ensure_ascii=False).replace("\n", "\n    ")
 
     counts = {"images": 0, "errors": 0}
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write('{\n  "run": ' + dumps_json(run, indent=2).replace("\n", "\n  ") + ",\n")
+        head = dumps_json(json_safe(run), indent=2, ensure_ascii=False).replace("\n", "\n  ")
+        handle.write('{\n  "run": ' + head + ",\n")
         for kind, name in (("image", "images"), ("error", "errors")):
             handle.write(f'  "{name}": [')
             for n, record in enumerate(records(kind)):
@@ -878,7 +1041,7 @@ def explain_files(
         check_normalization(normalization, shape[0])
     if not isinstance(target, (str, int)) and len(target) == 0:
         raise XaikitConfigError("the target list is empty")
-    names = list(class_names) if class_names is not None else None
+    names = check_class_names(class_names)  # strs, bounded; refused in one line otherwise
     layers = _layers(model, methods, target, layer, score, shape, names, reshape)
 
     out_dir = Path(out)
@@ -913,7 +1076,7 @@ def explain_files(
         "sign": sign,
     }
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    header = {"kind": "run", "settings": settings, "xaikit_version": __version__}
+    header = json_safe({"kind": "run", "settings": settings, "xaikit_version": __version__})
     results_path = out_dir / RESULTS
     if not resume:
         results_path.unlink(missing_ok=True)  # a stale one must not sit beside a new journal
@@ -927,10 +1090,11 @@ def explain_files(
     seen_warnings: set[str] = set()
 
     def fail(source: ImageSource, reason: str) -> None:
-        journal.append({"kind": "error", "source": str(source.path), "error": reason})
-        summary.errors.append((str(source.path), reason))
+        reason = printable(reason)
+        journal.append({"kind": "error", **source.fields(), "error": reason})
+        summary.errors.append((source.name, reason))
         if on_error is not None:
-            on_error(str(source.path), reason)
+            on_error(source.name, reason)
 
     def flush(batch: list[_Loaded]) -> None:
         x = torch.stack([item.input for item in batch])
@@ -967,7 +1131,9 @@ def explain_files(
     try:
         batch: list[_Loaded] = []
         for source in sources:
-            if resume and _is_done(journal.record(str(source.path)), out_dir):
+            if resume and _is_done(
+                journal.record(source.ident), out_dir, methods, figures, source.key
+            ):
                 summary.skipped += 1
                 bar.update(1)
                 continue

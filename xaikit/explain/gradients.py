@@ -780,3 +780,8 @@ GRADIENT_METHODS: dict[str, GradientMethod] = {
     "guided-backprop": guided_backprop,
     "occlusion": occlusion,
 }
+
+# captum's other attributions (deeplift, deepliftshap, gradientshap, deconvolution,
+# feature-ablation, lime, kernelshap) build on this module and add their CAPTUM_METHODS to
+# GRADIENT_METHODS at the end of theirs; imported last, whichever of the two is imported first.
+import xaikit.explain.captum_methods  # noqa: E402, F401

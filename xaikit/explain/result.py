@@ -39,6 +39,13 @@ class Explanation:
         class_names: label names, when known.
         layout: how the layer's output was read as a map (``"nchw 7x7"``, ``"tokens
             1+14x14"``, see :mod:`xaikit.explain.layouts`); ``None`` without a layer.
+        layer_maps: for a CAM of several fused layers (``layer=["layer3", "layer4"]``),
+            ``{layer: (N, K, *S) heatmap}``, each layer's map upsampled and min-max
+            normalized as fused (``raw`` is then the fused map at the input resolution);
+            ``None`` otherwise.
+        conservation: ``(N, K)`` LRP only: the summed relevance of each target (at the input,
+            or at the layer), to compare with ``scores``, the relevance it started from
+            (equal for conserving rules); 0 for padding; ``None`` for other methods.
     """
 
     maps: torch.Tensor
@@ -56,6 +63,8 @@ class Explanation:
     class_names: list[str] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     layout: str | None = None
+    layer_maps: dict[str, torch.Tensor] | None = None
+    conservation: torch.Tensor | None = None
 
     @property
     def heatmap(self) -> torch.Tensor:
@@ -74,7 +83,10 @@ class Explanation:
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """The tensors as NumPy arrays (on the CPU), keyed by attribute name."""
-        return {name: getattr(self, name).detach().cpu().numpy() for name in _ARRAYS}
+        arrays = {name: getattr(self, name).detach().cpu().numpy() for name in _ARRAYS}
+        if self.conservation is not None:
+            arrays["conservation"] = self.conservation.detach().cpu().numpy()
+        return arrays
 
     def metadata(self) -> dict[str, Any]:
         """The non-tensor fields, JSON-serializable."""
@@ -157,6 +169,16 @@ def concat_explanations(parts: list[Explanation]) -> Explanation:
         class_names=first.class_names,
         options=dict(first.options),
         layout=first.layout,
+        conservation=_concat_conservation(parts, k),
+        layer_maps=None
+        if first.layer_maps is None
+        else {
+            name: torch.cat(
+                [pad(p.layer_maps[name], p.targets.shape[1], 0.0) for p in parts],  # type: ignore[index]
+                dim=0,
+            )
+            for name in first.layer_maps
+        },
     )
 
 
@@ -174,3 +196,16 @@ def _jsonable(value: Any) -> Any:
     except TypeError:
         return repr(value)
     return value
+
+
+def _concat_conservation(parts: list[Explanation], k: int) -> torch.Tensor | None:
+    """The parts' LRP ``conservation`` concatenated (padded with 0 to ``k``), when all have it."""
+    sums = [part.conservation for part in parts]
+    if any(c is None for c in sums):
+        return None
+    padded = [
+        c if c.shape[1] == k else torch.cat([c, c.new_zeros(c.shape[0], k - c.shape[1])], dim=1)
+        for c in sums
+        if c is not None
+    ]
+    return torch.cat(padded, dim=0)

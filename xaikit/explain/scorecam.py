@@ -114,6 +114,45 @@ def top_channels(activations: torch.Tensor, top_k: int) -> torch.Tensor:
     return mean.topk(min(top_k, mean.shape[1]), dim=1).indices
 
 
+def score_cam_weights(
+    forward: Forward,
+    x: torch.Tensor,
+    activations: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    top_k: int | None = None,
+    fill: str = "mean",
+    quiet: bool | None = None,
+) -> torch.Tensor:
+    """Score-CAM channel weights ``softmax_c(S)``, ``(N, K, C)`` (see :func:`score_cam`)."""
+    n, c, *_spatial = activations.shape
+    if fill not in FILL_RULES:
+        raise XaikitConfigError(f"fill must be one of {', '.join(FILL_RULES)}; got {fill!r}")
+    if top_k is None or top_k >= c:
+        channels = torch.arange(c, device=x.device).expand(n, c)
+    else:
+        if top_k < 1:
+            raise XaikitConfigError(f"top_k must be a positive integer, got {top_k}")
+        channels = top_channels(activations, top_k)
+    scores = masked_scores(
+        forward, x, activations, targets, channels, batch_size=batch_size, quiet=quiet
+    )  # (N, M, K)
+    k = targets.shape[1]
+    if channels.shape[1] == c:
+        full = torch.empty(n, c, k, device=x.device, dtype=scores.dtype)
+        full.scatter_(1, channels.unsqueeze(2).expand(n, c, k), scores)
+        weights = full.softmax(dim=1)
+    elif fill == "drop":
+        weights = torch.zeros(n, c, k, device=x.device, dtype=scores.dtype)
+        weights.scatter_(1, channels.unsqueeze(2).expand(-1, -1, k), scores.softmax(dim=1))
+    else:
+        full = scores.mean(dim=1, keepdim=True).expand(n, c, k).clone()
+        full.scatter_(1, channels.unsqueeze(2).expand(-1, -1, k), scores)
+        weights = full.softmax(dim=1)
+    return weights.transpose(1, 2)
+
+
 def score_cam(
     forward: Forward,
     x: torch.Tensor,
@@ -140,30 +179,153 @@ def score_cam(
     Returns:
         ``(N, K, *s)`` raw maps ``sum_c softmax_c(S)[c] * A_c``.
     """
-    n, c, *spatial = activations.shape
-    if fill not in FILL_RULES:
-        raise XaikitConfigError(f"fill must be one of {', '.join(FILL_RULES)}; got {fill!r}")
-    if top_k is None or top_k >= c:
-        channels = torch.arange(c, device=x.device).expand(n, c)
-    else:
-        if top_k < 1:
-            raise XaikitConfigError(f"top_k must be a positive integer, got {top_k}")
-        channels = top_channels(activations, top_k)
-    scores = masked_scores(
-        forward, x, activations, targets, channels, batch_size=batch_size, quiet=quiet
-    )  # (N, M, K)
+    n, _c, *spatial = activations.shape
+    weights = score_cam_weights(
+        forward,
+        x,
+        activations,
+        targets,
+        batch_size=batch_size,
+        top_k=top_k,
+        fill=fill,
+        quiet=quiet,
+    )
     flat = activations.flatten(start_dim=2).float()  # (N, C, P)
+    maps = torch.bmm(weights, flat)  # (N, K, P)
+    return maps.reshape(n, targets.shape[1], *spatial).to(activations.dtype)
+
+
+# ------------------------------------------------------------------ SS-CAM and IS-CAM
+
+#: Defaults of torchcam's ``SSCAM`` and ``ISCAM``.
+SSCAM_SAMPLES, SSCAM_STD = 35, 2.0
+ISCAM_SAMPLES = 10
+#: torchcam's ``_normalize`` epsilon (added to the channel's range).
+NORMALIZE_EPS = 1e-8
+
+
+def normalized_channels(activations: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """torchcam's Score-CAM masks: each channel min-max normalized at the layer's resolution
+    (``(a - min) / (max - min + 1e-8)``), then upsampled: ``(N, C, *s)`` -> ``(N, C, *size)``."""
+    flat = activations.flatten(start_dim=2).float()
+    lo = flat.amin(dim=2, keepdim=True)
+    shifted = flat - lo
+    normed = shifted / (shifted.amax(dim=2, keepdim=True) + NORMALIZE_EPS)
+    return upsample(normed.reshape(activations.shape), size)
+
+
+def noise_generator(seed: int, index: int) -> torch.Generator:
+    """The private CPU generator of input ``index``'s noise under the call's ``seed`` (the
+    rule of SmoothGrad, :func:`xaikit.explain.gradients.noise_seed`)."""
+    from xaikit.explain.gradients import noise_seed
+
+    return torch.Generator().manual_seed(noise_seed(seed, index))
+
+
+def fresh_seed(seed: int | None) -> int:
+    """``seed``, or a fresh one from the OS when ``None``."""
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1)
+    return seed
+
+
+def smoothed_score_cam_weights(
+    forward: Forward,
+    x: torch.Tensor,
+    activations: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    variant: str,
+    num_samples: int,
+    std: float = SSCAM_STD,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int | None = None,
+    first_index: int = 0,
+    quiet: bool | None = None,
+) -> torch.Tensor:
+    """SS-CAM or IS-CAM channel weights ``(N, K, C)``, as torchcam's ``SSCAM`` / ``ISCAM``.
+
+    The masks are the channels normalized then upsampled (:func:`normalized_channels`).
+
+    * SS-CAM (Wang et al., 2020, "SS-CAM: Smoothed Score-CAM"): ``num_samples`` times,
+      Gaussian noise ``N(0, std^2)`` is added to every mask at the input resolution (one
+      value per channel and pixel, shared by the input's colour channels), the input is
+      multiplied by the noisy mask, and the scores are averaged over the samples.
+    * IS-CAM (Naidu et al., 2020, "IS-CAM: Integrated Score-CAM"): the input is multiplied
+      by the mask scaled by ``c_i = sum_{j <= i} j / num_samples``, ``i = 1..num_samples``
+      (torchcam's integration rule), and the scores are averaged.
+
+    The weights are ``softmax_c`` of the averaged scores (the baseline score of the paper, a
+    constant over channels, cancels in the softmax). The noise of input ``i`` comes from a
+    private generator seeded by ``(seed, first_index + i)``, drawn sample after sample as
+    ``(C, *S)`` blocks: with one input and the global generator seeded alike, the draws are
+    torchcam's. The masked inputs of every input, sample and channel are run in batches of
+    ``batch_size``.
+    """
+    if variant not in ("sscam", "iscam"):
+        raise XaikitConfigError(f"variant must be 'sscam' or 'iscam', got {variant!r}")
+    if batch_size < 1:
+        raise XaikitConfigError(f"batch_size must be a positive integer, got {batch_size}")
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise XaikitConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
+    n, c, *_s = activations.shape
     k = targets.shape[1]
-    if channels.shape[1] == c:
-        full = torch.empty(n, c, k, device=x.device, dtype=scores.dtype)
-        full.scatter_(1, channels.unsqueeze(2).expand(n, c, k), scores)
-        weights = full.softmax(dim=1)
-    elif fill == "drop":
-        weights = torch.zeros(n, c, k, device=x.device, dtype=scores.dtype)
-        weights.scatter_(1, channels.unsqueeze(2).expand(-1, -1, k), scores.softmax(dim=1))
-    else:
-        full = scores.mean(dim=1, keepdim=True).expand(n, c, k).clone()
-        full.scatter_(1, channels.unsqueeze(2).expand(-1, -1, k), scores)
-        weights = full.softmax(dim=1)
-    maps = torch.bmm(weights.transpose(1, 2), flat)  # (N, K, P)
-    return maps.reshape(n, k, *spatial).to(activations.dtype)
+    size = tuple(x.shape[2:])
+    masks = normalized_channels(activations, size)  # (N, C, *S)
+    seed = fresh_seed(seed) if variant == "sscam" else 0
+    totals = torch.zeros(n, c, k, device=x.device, dtype=torch.float32)
+    total_rows = n * num_samples * c
+    if quiet is None:
+        quiet = os.environ.get("XAIKIT_QUIET", "") not in ("", "0")
+    pending: list[tuple[torch.Tensor, int, int, int]] = []  # (masked, row, c0, c1)
+    filled = 0
+
+    def flush() -> None:
+        nonlocal filled
+        if not pending:
+            return
+        batch = torch.cat([piece for piece, *_ in pending], dim=0)
+        rows = torch.cat(
+            [torch.full((c1 - c0,), row, dtype=torch.long) for _p, row, c0, c1 in pending]
+        ).to(x.device)
+        scores = forward(batch, rows).gather(1, targets.index_select(0, rows)).float()
+        start = 0
+        for _piece, row, c0, c1 in pending:
+            totals[row, c0:c1] += scores[start : start + c1 - c0]
+            start += c1 - c0
+        pending.clear()
+        filled = 0
+        bar.update(1)
+
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=-(-total_rows // batch_size),
+            desc=f"{variant} ({total_rows} masks)",
+            unit="batch",
+            disable=True if quiet else None,
+            leave=False,
+        ) as bar,
+    ):
+        coeff = 0.0
+        for i in range(n):
+            generator = noise_generator(seed, first_index + i) if variant == "sscam" else None
+            coeff = 0.0
+            for sample in range(num_samples):
+                if variant == "sscam":
+                    noise = torch.randn(masks.shape[1:], generator=generator) * std
+                    mask = masks[i] + noise.to(device=masks.device, dtype=masks.dtype)
+                else:
+                    coeff += (sample + 1) / num_samples
+                    mask = masks[i] * coeff
+                c0 = 0
+                while c0 < c:
+                    c1 = min(c, c0 + batch_size - filled)
+                    piece = x[i].unsqueeze(0) * mask[c0:c1].unsqueeze(1).to(x.dtype)
+                    pending.append((piece, i, c0, c1))
+                    filled += c1 - c0
+                    c0 = c1
+                    if filled >= batch_size:
+                        flush()
+        flush()
+    return (totals / num_samples).softmax(dim=1).transpose(1, 2)

@@ -24,7 +24,10 @@ requests (``"positive"``, multi-hot masks, lists of lists) are padded to ``K`` =
 count; padding has index ``-1`` and ``valid == False`` (its maps are zeros).
 
 Label names are looked up in ``class_names``; the keywords above win over a class that
-happens to be named ``"all"``. A binary head has one output (the positive logit, index 0).
+happens to be named ``"all"``. ``class_names`` is checked by
+:func:`xaikit.names.check_class_names`: numbers are read as their text (``1`` -> ``"1"``);
+``None``, dicts and other objects, and names over 1,000 characters, are refused.
+A binary head has one output (the positive logit, index 0).
 Everything is validated before any backward pass; a problem raises
 :class:`~xaikit.errors.XaikitConfigError` naming the expected shape.
 """
@@ -39,6 +42,7 @@ from typing import Any
 import torch
 
 from xaikit.errors import XaikitConfigError
+from xaikit.names import MAX_CLASS_NAME, check_class_names, short_label
 from xaikit.zoo.heads import Task
 
 KEYWORDS = ("predicted", "positive", "all")
@@ -119,7 +123,7 @@ class _Resolver:
         self.n, self.c = logits.shape
         self.task = task
         self.predict = predict
-        self.class_names = list(class_names) if class_names is not None else None
+        self.class_names = check_class_names(class_names)
         self.device = logits.device
 
     # -- public entry ---------------------------------------------------------------------
@@ -286,10 +290,15 @@ class _Resolver:
             )
         if name in self.class_names:
             return self._check_int(self.class_names.index(name))
-        close = difflib.get_close_matches(name, self.class_names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        close = (  # difflib is quadratic in the lengths: only for names of sensible size
+            difflib.get_close_matches(name, self.class_names, n=3, cutoff=0.5)
+            if len(name) <= MAX_CLASS_NAME
+            else []
+        )
+        hint = f"; did you mean {', '.join(repr(short_label(c)) for c in close)}?" if close else ""
+        shown = ", ".join(short_label(c) for c in self.class_names[:12])
         raise XaikitConfigError(
-            f"unknown label name {name!r} (class names: {', '.join(self.class_names[:12])}"
+            f"unknown label name {short_label(name)!r} (class names: {shown}"
             f"{', ...' if len(self.class_names) > 12 else ''}){hint}"
         )
 

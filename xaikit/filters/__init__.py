@@ -10,7 +10,14 @@ exemplars, per-channel atlases, and LSTM gates and cell states.
 ``lstm_states``        an ``nn.LSTM``'s gates, cell and hidden states per time step
                        (``lstm_states_all``: every layer and direction)
 ``receptive_field``    the input region a layer's output positions see
+``spectrum_from``      the Fourier magnitude of images, for ``maximize(param="maco")``
+``concepts``           NMF concepts of a layer (DFF over positions, CRAFT over crops),
+                       with exemplars, per-class Sobol importance and ``concept_maps``
 =====================  ==================================================================
+
+``maximize(param="maco")`` is MACO (Fel et al., 2023: phase-only optimization under a fixed
+natural-image magnitude, with a transparency map); ``maximize(start=images)`` is feature
+accentuation (Hamblin et al., 2024).
 
 Activation maximization is built from three small modules that can be used alone:
 :mod:`~xaikit.filters.param` (image parametrizations), :mod:`~xaikit.filters.transforms`
@@ -21,15 +28,18 @@ composed with ``+ - *``).
 from xaikit.filters import objectives
 from xaikit.filters.activations import FeatureMaps, activations
 from xaikit.filters.atlas import Atlas, atlas
+from xaikit.filters.concepts import ConceptBank, concept_maps, concepts
 from xaikit.filters.exemplars import Exemplars, exemplars
 from xaikit.filters.lstm import LSTMStates, lstm_states, lstm_states_all
 from xaikit.filters.maximize import Maximization, maximize
 from xaikit.filters.objectives import Objective, channel, class_logit, diversity, l2, neuron, tv
 from xaikit.filters.receptive_field import ReceptiveField, receptive_field
+from xaikit.filters.spectrum import spectrum_from
 from xaikit.filters.weights import Kernels, weights
 
 __all__ = [
     "Atlas",
+    "ConceptBank",
     "Exemplars",
     "FeatureMaps",
     "Kernels",
@@ -41,6 +51,8 @@ __all__ = [
     "atlas",
     "channel",
     "class_logit",
+    "concept_maps",
+    "concepts",
     "diversity",
     "exemplars",
     "l2",
@@ -50,6 +62,7 @@ __all__ = [
     "neuron",
     "objectives",
     "receptive_field",
+    "spectrum_from",
     "tv",
     "weights",
 ]

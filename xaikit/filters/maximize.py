@@ -7,6 +7,11 @@ rotated at every step (:mod:`xaikit.filters.transforms`), normalized the way the
 expects, and the objective (:mod:`xaikit.filters.objectives`) is maximized by gradient
 ascent (Adam) on the parametrization.
 
+``param="maco"`` optimizes only the phase of a fixed natural-image Fourier magnitude (Fel et
+al., 2023, :mod:`xaikit.filters.maco`) on a larger canvas seen through random crops, and
+returns its transparency map; ``start=images`` accentuates a feature in real images (Hamblin
+et al., 2024, :mod:`xaikit.filters.accentuation`).
+
 Many units are optimized in one batch (element ``b`` optimizes ``channels[b]``) and the
 forward pass stops at the deepest layer the objective reads: nothing after it runs. Each
 element's random start and random transformations come from its own generator, seeded by
@@ -21,7 +26,7 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -50,8 +55,15 @@ from xaikit.filters._common import (
 from xaikit.filters._plot import grid_figure
 from xaikit.filters._relu import RedirectedReLU
 from xaikit.filters.activations import activations
+from xaikit.filters.maco import MacoCrops, MacoImage, maco_figure
 from xaikit.filters.param import PARAMETRIZATIONS
 from xaikit.filters.transforms import Transform, apply_transforms, n_random, standard_transforms
+
+# The parametrizations `param=` takes (start= images use "accentuation").
+PARAMS = (*PARAMETRIZATIONS, "maco")
+# MACO's canvas side, in model input sides, when canvas= is not given: its crops (25-30 % of
+# the side) then show the model about its own input resolution.
+MACO_CANVAS = 4
 
 # A result is "flat" when the objective moved less than this (relative to max(1, |start|)).
 FLAT_GAIN = 1e-4
@@ -76,6 +88,13 @@ class Maximization:
             increase by ``1e-4 * max(1, |initial|)``, or the image is uniform (pixel std below
             ``1e-3``): a grey, meaningless result.
         steps, seed: the settings used.
+        param: the parametrization (``"fourier"``, ``"pixel"``, ``"maco"``,
+            ``"accentuation"``).
+        transparency: ``(B, C_in, S, S)``: the absolute gradient of the objective with
+            respect to the image, summed over the steps (MACO's transparency map; computed
+            for every parametrization, drawn with the image for ``"maco"``).
+        start: the images accentuation started from (``None`` otherwise), in ``[0, 1]``.
+        distance: ``(B,)`` RMS pixel distance from ``start`` (``None`` without it).
     """
 
     images: torch.Tensor
@@ -88,10 +107,14 @@ class Maximization:
     flat: torch.Tensor
     steps: int
     seed: int
+    param: str = "fourier"
+    transparency: torch.Tensor | None = None
+    start: torch.Tensor | None = None
+    distance: torch.Tensor | None = None
 
     def summary(self) -> list[dict[str, Any]]:
         """One JSON-ready row per unit: unit, initial, score, gain, flat."""
-        return [
+        rows = [
             {
                 "unit": unit,
                 "initial": float(self.initial_score[i]),
@@ -101,6 +124,10 @@ class Maximization:
             }
             for i, unit in enumerate(self.units)
         ]
+        if self.distance is not None:
+            for row, d in zip(rows, self.distance):
+                row["distance"] = float(d)
+        return rows
 
     @cached_property
     def figure(self) -> Figure:
@@ -113,6 +140,17 @@ class Maximization:
             for u, s, f in zip(self.units, self.score, self.flat)
         ]
         title = f"activation maximization: {self.objective} ({self.steps} steps)"
+        if self.param == "maco" and self.transparency is not None and images.shape[-2] > 1:
+            return maco_figure(images, self.transparency.detach().float().cpu(), labels, title)
+        if self.start is not None:
+            # original | accentuated, side by side
+            start = self.start.detach().float().cpu()
+            if start.dim() == 3:
+                start = start.unsqueeze(2)
+            pairs = torch.stack([start, images], dim=1).flatten(0, 1)
+            names = [n for label in labels for n in ("original", label)]
+            title = f"feature accentuation: {self.objective} ({self.steps} steps)"
+            return grid_figure(pairs, names, ncols=2 * min(4, len(labels)), title=title)
         return grid_figure(images, labels, title=title)
 
 
@@ -141,21 +179,29 @@ def maximize(
     size: int | None = None,
     seed: int = 0,
     objective: obj.Objective | None = None,
-    lr: float = 0.05,
+    lr: float | None = None,
     param: str = "fourier",
     decorrelate: bool = True,
-    transforms: str | Sequence[Transform] | None = "standard",
+    transforms: str | Sequence[Transform] | None = "auto",
     normalization: Normalization | None = None,
     in_channels: int | None = None,
     batch_size: int = 64,
     stop: bool = True,
     redirect_relu: int = 16,
     quiet: bool | None = None,
+    optimizer: str = "auto",
+    spectrum: torch.Tensor | None = None,
+    canvas: int | None = None,
+    crops: int = 6,
+    noise: float = 0.05,
+    start: torch.Tensor | None = None,
+    penalty: float = 1.0,
+    decay_power: float = 1.5,
 ) -> Maximization:
     """Optimize one input per unit so that the unit's activation is as large as possible.
 
     ``-> Maximization.images`` ``(len(channels), C_in, size, size)`` in ``[0, 1]``
-    (``(len(channels), C_in, size)`` for 1-D models).
+    (``(len(channels), C_in, size)`` for 1-D models; ``canvas`` x ``canvas`` for MACO).
 
     Args:
         model: a CNN (its first convolution tells the input channels and 1-D / 2-D).
@@ -163,15 +209,21 @@ def maximize(
             for the default objective and for ``channels=None``.
         channels: the units, one batch element each; ``None``: every channel of ``layer``.
         steps: optimization steps.
-        size: image side (signal length); default: the size the zoo model was built for.
+        size: the model's input side (signal length); default: the size the zoo model was
+            built for.
         seed: seeds each unit's start and transformations via ``(seed, unit)``.
         objective: what to maximize; default ``channel(layer)``, the mean activation of each
             element's channel. Compose others from :mod:`xaikit.filters.objectives`, e.g.
             ``channel(name) - 0.05 * tv()``.
-        lr: Adam's learning rate.
-        param: ``"fourier"`` (decorrelated, 1/f-scaled spectrum) or ``"pixel"``.
+        lr: the learning rate; default 0.05 (Adam) for ``fourier`` / ``pixel``, 1.0
+            (NAdam, horama's) for ``maco`` and accentuation.
+        param: ``"fourier"`` (decorrelated, 1/f-scaled spectrum), ``"pixel"``, or
+            ``"maco"`` (phase only, under the fixed magnitude ``spectrum``; 2-D only).
         decorrelate: decorrelate colours of 3-channel images.
-        transforms: ``"standard"`` (jitter, zoom, rotation scaled to ``size``), a list of
+        transforms: ``"auto"`` (MACO's crops for ``maco``, else ``"standard"``),
+            ``"standard"`` (jitter, zoom, rotation scaled to ``size``), ``"maco"`` (random
+            crops of the canvas resized to ``size``, plus ``noise``; see
+            :class:`~xaikit.filters.maco.MacoCrops`), a list of
             :class:`~xaikit.filters.transforms.Transform`, or ``None``.
         normalization: ``{"mean": [...], "std": [...]}``: images are optimized as pixels in
             ``[0, 1]`` and normalized by it before the model (use the model card's).
@@ -183,21 +235,41 @@ def maximize(
             towards firing (:mod:`xaikit.filters._relu`), so a channel that is zero on the
             grey start still moves; ``0`` turns it off.
         quiet: no progress bar (default: ``$XAIKIT_QUIET``).
+        optimizer: ``"adam"``, ``"nadam"`` or ``"auto"`` (as ``lr``).
+        spectrum: MACO's magnitude ``(C_in, h, w // 2 + 1)`` (resized to the canvas);
+            default :func:`xaikit.filters.spectrum.default_spectrum`.
+        canvas: the side of the optimized image when MACO's crops are used (default
+            ``4 * size`` for ``maco``, else ``size`` / the ``start`` images' side).
+        crops: MACO crops per element and step (horama: 6).
+        noise: MACO's noise on each crop, in the normalized input space (horama: 0.05).
+        start: ``(B, C_in, H, W)`` (or one ``(C_in, H, W)`` for every unit) images in
+            ``[0, 1]``: feature accentuation (Hamblin et al., 2024): the image is
+            parametrized by its own Fourier spectrum and optimized towards the unit with
+            ``penalty * mean((x - x0)^2)`` (in the normalized input space) keeping it near
+            the start (:mod:`xaikit.filters.accentuation`).
+        penalty: accentuation's weight of the distance to the start (horama: 1).
+        decay_power: accentuation's gradient scaling ``1 / f ** decay_power`` (horama: 1.5).
 
     Raises:
         XaikitConfigError: an unknown layer, a channel out of range, or no known input size.
     """
-    if param not in PARAMETRIZATIONS:
-        raise XaikitConfigError(
-            f"param must be one of {', '.join(PARAMETRIZATIONS)}, got {param!r}"
-        )
+    if start is not None:
+        param = "accentuation"
+    elif param not in PARAMS:
+        raise XaikitConfigError(f"param must be one of {', '.join(PARAMS)}, got {param!r}")
     if steps < 0 or batch_size < 1:
         raise XaikitConfigError("steps must be >= 0 and batch_size >= 1")
+    if optimizer not in ("auto", "adam", "nadam"):
+        raise XaikitConfigError(f"optimizer must be auto, adam or nadam, got {optimizer!r}")
     spec = input_spec(model, channels=in_channels, size=size)
     if spec.size is None:
-        raise XaikitConfigError(
-            "this model does not record its input size; pass size= (--size on the command line)"
-        )
+        if start is None:
+            raise XaikitConfigError(
+                "this model does not record its input size; pass size= (--size on the command line)"
+            )
+        spec = type(spec)(spec.dims, spec.channels, int(start.shape[-1]))
+    if param in ("maco", "accentuation") and spec.dims != 2:
+        raise XaikitConfigError(f"param={param!r} is for image models (2-D convolutions)")
     device, dtype = model_device(model), model_dtype(model)
     example = torch.zeros(1, spec.channels, *([spec.size] * spec.dims), device=device, dtype=dtype)
     layer_name = None if layer is None else resolve_layer(model, layer, example)[0]
@@ -209,10 +281,37 @@ def maximize(
         name: resolve_layer(model, name)[1] for name in sorted(objective.layers - {obj.OUTPUT})
     }
     units = _units(model, layer_name, channels, example)
-    if transforms == "standard":
+    if transforms == "auto":
+        transforms = "maco" if param == "maco" else "standard"
+    cropper = None
+    if transforms == "maco":
+        cropper = MacoCrops(spec.size, count=crops, noise=noise)
+        transforms = []
+    elif transforms == "standard":
         transforms = standard_transforms(spec.size)
     transforms = list(transforms or [])
-    height, width = (spec.size, spec.size) if spec.dims == 2 else (1, spec.size)
+    side = spec.size
+    if canvas is not None:
+        side = int(canvas)
+    elif param == "maco":
+        side = MACO_CANVAS * spec.size
+    elif start is not None:
+        side = int(start.shape[-1])
+    height, width = (side, side) if spec.dims == 2 else (1, spec.size)
+    start_images = None
+    if start is not None:
+        start_images = _start_images(start, len(units), spec.channels, side)
+    magnitude = None
+    if param == "maco":
+        from xaikit.filters.spectrum import default_spectrum, fit_spectrum
+
+        raw = default_spectrum(side, channels=spec.channels) if spectrum is None else spectrum
+        magnitude = fit_spectrum(torch.as_tensor(raw), height, width)
+        if magnitude.shape[0] != spec.channels:
+            raise XaikitConfigError(
+                f"the spectrum has {magnitude.shape[0]} channels, the model takes {spec.channels}"
+            )
+    horama_like = param in ("maco", "accentuation")
     run = _Run(
         objective=objective,
         transforms=transforms,
@@ -221,35 +320,82 @@ def maximize(
         shape=(spec.channels, height, width),
         param=param,
         decorrelate=decorrelate,
-        lr=lr,
+        lr=float(lr if lr is not None else (1.0 if horama_like else 0.05)),
         steps=steps,
         seed=seed,
         device=device,
         dtype=dtype,
         quiet=is_quiet(quiet),
         redirect_steps=redirect_relu,
+        optimizer=("nadam" if horama_like else "adam") if optimizer == "auto" else optimizer,
+        crops=cropper,
+        magnitude=magnitude,
+        penalty=float(penalty),
+        decay_power=float(decay_power),
     )
     stop_early = stop and not objective.needs_output and bool(captured)
-    chunks = [units[i : i + batch_size] for i in range(0, len(units), batch_size)]
+    order = list(range(len(units)))
+    chunks = [order[i : i + batch_size] for i in range(0, len(units), batch_size)]
     parts = []
     with borrowed(model), Capture(model, captured, keep_graph=True, stop=stop_early) as capture:
-        for index, chunk in enumerate(chunks):
+        for index, rows in enumerate(chunks):
             label = f"maximize {layer_name or objective.name}"
             if len(chunks) > 1:
                 label += f" [{index + 1}/{len(chunks)}]"
-            parts.append(run.optimize(capture, chunk, label))
-    images, initial, score, moved = (torch.cat(t) for t in zip(*parts))
+            seeds = None if start_images is None else start_images[rows]
+            parts.append(run.optimize(capture, [units[r] for r in rows], label, seeds))
+    images, initial, score, moved, transparency, seeds = (torch.cat(t) for t in zip(*parts))
     gain = score - initial
     flat = (
         ~moved
         | (gain <= FLAT_GAIN * initial.abs().clamp(min=1.0))
         | (images.flatten(1).std(dim=1) < FLAT_STD)
     )
+    distance = None
+    if start_images is not None:
+        distance = (images - seeds).pow(2).flatten(1).mean(dim=1).sqrt()
     if spec.dims == 1:
         images = images[:, :, 0]
+        transparency = transparency[:, :, 0]
     return Maximization(
-        images, units, layer_name, objective.name, initial, score, gain, flat, steps, seed
+        images,
+        units,
+        layer_name,
+        objective.name,
+        initial,
+        score,
+        gain,
+        flat,
+        steps,
+        seed,
+        param=param,
+        transparency=transparency,
+        start=None if start_images is None else seeds,
+        distance=distance,
     )
+
+
+def _start_images(start: torch.Tensor, count: int, channels: int, side: int) -> torch.Tensor:
+    """``start`` as ``(count, channels, side, side)`` in [0, 1] (one image repeated)."""
+    images = torch.as_tensor(start).detach().float()
+    if images.dim() == 3:
+        images = images[None]
+    if images.dim() != 4 or images.shape[1] != channels:
+        raise XaikitConfigError(
+            f"start must be (B, {channels}, H, W) or ({channels}, H, W) images in [0, 1], got "
+            f"shape {tuple(images.shape)}"
+        )
+    if images.shape[0] == 1:
+        images = images.expand(count, -1, -1, -1)
+    if images.shape[0] != count:
+        raise XaikitConfigError(
+            f"start has {images.shape[0]} images for {count} units: give one, or one per unit"
+        )
+    if tuple(images.shape[-2:]) != (side, side):
+        images = torch.nn.functional.interpolate(
+            images, size=(side, side), mode="bilinear", antialias=True, align_corners=False
+        )
+    return images.clamp(0, 1)
 
 
 @dataclass
@@ -270,6 +416,11 @@ class _Run:
     dtype: torch.dtype
     quiet: bool
     redirect_steps: int
+    optimizer: str = "adam"
+    crops: MacoCrops | None = None
+    magnitude: torch.Tensor | None = None
+    penalty: float = 1.0
+    decay_power: float = 1.5
 
     def _score(
         self,
@@ -277,41 +428,82 @@ class _Run:
         images: torch.Tensor,
         ctx_units: tuple[torch.Tensor, int],
         u: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(B, C, H, W)`` images in [0, 1] -> ``(B,)`` objective (transformed when ``u``)."""
-        x = images if u is None else apply_transforms(images, self.transforms, u)
+        """``(B, C, H, W)`` images in [0, 1] -> ``(B,)`` objective (transformed when ``u``;
+        with MACO crops, the mean over each element's crops, or its centre crop)."""
+        seen = images
+        shift = n_random(self.transforms)
+        x = images if u is None else apply_transforms(images, self.transforms, u[:, :shift])
+        per = 1
+        if self.crops is not None:
+            x = self.crops(x, None if u is None else u[:, shift:])
+            per = x.shape[0] // images.shape[0]
+            seen = x
         x = apply_normalization(x, self.stats)
+        if noise is not None and u is not None:
+            x = x + noise
         if self.dims == 1:
             x = x[:, :, 0]
         output = capture.run(x)
         units, max_unit = ctx_units
-        return self.objective(obj.Context(capture.activations, output, images, units, max_unit))
+        if per > 1:
+            units = units.repeat_interleave(per)
+        score = self.objective(obj.Context(capture.activations, output, seen, units, max_unit))
+        return score.reshape(-1, per).mean(dim=1) if per > 1 else score
+
+    def _image(self, generators: list[torch.Generator], seeds: torch.Tensor | None) -> Any:
+        common = dict(decorrelate=self.decorrelate, device=self.device, dtype=self.dtype)
+        if self.param == "accentuation":
+            from xaikit.filters.accentuation import AccentuationImage
+
+            return AccentuationImage(seeds, decay_power=self.decay_power, **common)
+        if self.param == "maco":
+            return MacoImage(generators, *self.shape, magnitude=self.magnitude, **common)
+        return PARAMETRIZATIONS[self.param](generators, *self.shape, **common)
 
     def optimize(
-        self, capture: Capture, chunk: list[int], label: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self,
+        capture: Capture,
+        chunk: list[int],
+        label: str,
+        seeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """Optimize one image per unit of ``chunk``; returns ``(images, initial score, final
-        score, whether any gradient reached each element)``."""
+        score, whether any gradient reached each element, transparency, start images)``."""
         generators = [key_generator(self.seed, "maximize", unit) for unit in chunk]
-        image = PARAMETRIZATIONS[self.param](
-            generators,
-            *self.shape,
-            decorrelate=self.decorrelate,
-            device=self.device,
-            dtype=self.dtype,
+        image = self._image(generators, seeds)
+        count = n_random(self.transforms) + (self.crops.n_random if self.crops else 0)
+        draws = torch.stack([torch.rand(self.steps, count, generator=g) for g in generators]).to(
+            self.device, self.dtype
         )
-        draws = torch.stack(
-            [torch.rand(self.steps, n_random(self.transforms), generator=g) for g in generators]
-        ).to(self.device, self.dtype)
         units = (torch.as_tensor(chunk, device=self.device), max(chunk))
-        initial = self._score(capture, image().detach(), units).detach()
-        optimizer = torch.optim.Adam(image.parameters, lr=self.lr)
+        first = image().detach()
+        initial = self._score(capture, first, units).detach()
+        anchor = None
+        if self.param == "accentuation":
+            # horama recomputes the seed through the parametrization, so the penalty can be 0
+            anchor = apply_normalization(first, self.stats)
+        make: Callable[..., torch.optim.Optimizer] = (
+            torch.optim.NAdam if self.optimizer == "nadam" else torch.optim.Adam
+        )
+        optimizer = make(image.parameters, lr=self.lr)
         moved = torch.zeros(len(chunk), dtype=torch.bool, device=self.device)
+        transparency = torch.zeros_like(first)
         for step in tqdm(range(self.steps), desc=label, disable=self.quiet, leave=False):
             redirect = RedirectedReLU() if step < self.redirect_steps else contextlib.nullcontext()
+            noise = None
+            if self.crops is not None:
+                noise = self.crops.draw_noise(generators, self.shape[0], first)
+            current = image()
             with redirect:
-                score = self._score(capture, image(), units, draws[:, step])
-            grads = torch.autograd.grad(-score.sum(), image.parameters)
+                score = self._score(capture, current, units, draws[:, step], noise)
+            loss = -score.sum()
+            if anchor is not None and self.penalty:
+                away = apply_normalization(current, self.stats) - anchor
+                loss = loss + self.penalty * away.pow(2).flatten(1).mean(dim=1).sum()
+            *grads, pixel_grad = torch.autograd.grad(loss, [*image.parameters, current])
+            transparency += pixel_grad.detach().abs()
             moved |= grads[0].flatten(1).abs().amax(dim=1) > 0
             for tensor, grad in zip(image.parameters, grads):
                 tensor.grad = grad
@@ -319,7 +511,7 @@ class _Run:
         with torch.no_grad():
             final_images = image()
         final = self._score(capture, final_images, units).detach()
-        return final_images, initial, final, moved
+        return final_images, initial, final, moved, transparency, first
 
 
 # -- defaults, and runs that survive an interruption ---------------------------------------
@@ -416,7 +608,9 @@ def maximize_into(
     **options: Any,
 ) -> tuple[Maximization, list[str]]:
     """:func:`maximize` one batch of channels at a time, writing each channel's files
-    (``maximize/channel_NNNN.png`` and the exact float image ``.npy``) and a journal record
+    (``maximize/channel_NNNN.png`` and the exact float image ``.npy``; for ``param="maco"``
+    also its transparency ``channel_NNNN.transparency.npy`` and the image drawn with it as
+    alpha, ``channel_NNNN_maco.png``) and a journal record
     (:data:`JOURNAL`) as soon as its batch is done, so an interrupted run keeps what it
     finished. With ``resume``, channels whose record checks out (files inside ``out``,
     present, of the recorded size) are not redone; the rest are.
@@ -460,12 +654,16 @@ def maximize_into(
                 png = image_png(images[i] if images.dim() == 4 else images[i].unsqueeze(1))
                 atomic_write_bytes(folder / f"{stem}.png", png)
                 atomic_write_bytes(folder / f"{stem}.npy", buffer.getvalue())
+                written = {f"{stem}.png": len(png), f"{stem}.npy": len(buffer.getvalue())}
+                if part.param == "maco" and part.transparency is not None:
+                    written.update(_write_maco(folder, stem, images[i], part.transparency[i]))
                 record = {
                     "unit": unit,
                     "layer": part.layer,
                     "objective": part.objective,
+                    "param": part.param,
                     "row": part.summary()[i],
-                    "files": {f"{stem}.png": len(png), f"{stem}.npy": len(buffer.getvalue())},
+                    "files": written,
                 }
                 done[unit] = record
                 journal.write(json.dumps(record) + "\n")
@@ -479,6 +677,20 @@ def maximize_into(
         ]
     )
     summary = [r["row"] for r in rows]
+    transparency = None
+    if rows and all(
+        f"maximize/channel_{u:04d}.transparency.npy" in r["files"] for u, r in zip(units, rows)
+    ):
+        transparency = torch.stack(
+            [
+                torch.from_numpy(
+                    np.load(
+                        folder / f"maximize/channel_{u:04d}.transparency.npy", allow_pickle=False
+                    )
+                )
+                for u in units
+            ]
+        )
     result = Maximization(
         images=images,
         units=units,
@@ -490,6 +702,30 @@ def maximize_into(
         flat=torch.tensor([r["flat"] for r in summary], dtype=torch.bool),
         steps=int(header.get("steps", options.get("steps", 256))),
         seed=int(header.get("seed", options.get("seed", 0))),
+        param=rows[0].get("param", "fourier") if rows else "fourier",
+        transparency=transparency,
     )
     files = [name for r in rows for name in r["files"]]
     return result, files
+
+
+def _write_maco(
+    folder: Path, stem: str, image: torch.Tensor, transparency: torch.Tensor
+) -> dict[str, int]:
+    """Write a MACO result's transparency ``.npy`` and its RGBA drawing; ``{file: size}``."""
+    from PIL import Image
+
+    from xaikit.filters.maco import maco_rgba
+    from xaikit.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, transparency.detach().float().cpu().numpy())
+    atomic_write_bytes(folder / f"{stem}.transparency.npy", buffer.getvalue())
+    rgba = (maco_rgba(image, transparency) * 255).round().astype(np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(png, format="PNG")
+    atomic_write_bytes(folder / f"{stem}_maco.png", png.getvalue())
+    return {
+        f"{stem}.transparency.npy": len(buffer.getvalue()),
+        f"{stem}_maco.png": len(png.getvalue()),
+    }

@@ -9,8 +9,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xaikit.io import atomic_write_json, atomic_write_text
+from xaikit.errors import DataError
+from xaikit.io import atomic_write_json, atomic_write_text, read_document
+from xaikit.schema import Int, List, Number, Table, check
 from xaikit.train.curves import plot_history
+
+#: Epochs a history may hold (a run of :data:`xaikit.train.recipe.MAX_EPOCHS` at most).
+MAX_HISTORY_EPOCHS = 100_000
+#: ``history.json``: a list of per-epoch records, each with its ``epoch`` (counting from 1)
+#: and numbers (``null`` where a value was NaN): what the curves and the report's table plot.
+HISTORY_SPEC = List(
+    Table(
+        {"epoch": Int(1, MAX_HISTORY_EPOCHS)},
+        required=("epoch",),
+        extra=Number(optional=True),
+    ),
+    max_len=MAX_HISTORY_EPOCHS,
+    describe="a list of per-epoch records",
+)
 
 
 def json_safe(value: Any) -> Any:
@@ -66,3 +82,16 @@ class History(list):
         atomic_write_json(paths["json"], json_safe(list(self)))
         plot_history(self, paths["curves"])
         return paths
+
+
+def read_history(path: str | os.PathLike[str]) -> History:
+    """Read a ``history.json`` written by :meth:`History.save`, checked record by record.
+
+    Raises:
+        DataError: one line naming the field, e.g. ``history.json: [2].train_loss must be a
+            number or null, got 'abc'``; or the file is not a regular file, over 16 MiB,
+            not JSON or nested too deep.
+    """
+    records = read_document(path, what="history", error=DataError)
+    check(records, HISTORY_SPEC, where=str(path), error=DataError)
+    return History(records)

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,15 +40,12 @@ import torch
 from torch.utils.data import random_split
 
 from xaikit.errors import DataError, XaikitConfigError
-from xaikit.io import atomic_write_json
+from xaikit.io import atomic_write_json, read_document
+from xaikit.schema import Bool, Int, List, Number, Str, Table, check, show
+from xaikit.train.optim import OPTIMIZERS, SCHEDULERS
 from xaikit.train.state import commit_staged
 from xaikit.zoo.checkpoint import load_model, save_model
 from xaikit.zoo.registry import arch_info, create_model
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 #: metrics reported for the test split, by task; the first is the headline.
 FINAL_METRICS = {
@@ -58,6 +53,61 @@ FINAL_METRICS = {
     "multilabel": ("map", "f1_micro", "f1_macro", "subset_accuracy"),
     "binary": ("accuracy", "f1", "auroc"),
 }
+
+
+#: Upper bounds that keep a recipe from asking for years of training or absurd batches.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+_UNIT = {"low": 0, "high": 1, "high_open": True}
+
+#: Every option of ``[train] options``: the keywords of :class:`~xaikit.train.Trainer` that
+#: are plain data (``callbacks``, ``card`` and ``checkpoint_dir`` are not recipe fields).
+TRAIN_OPTIONS_SPEC = Table(
+    {
+        "optimizer": Str(OPTIMIZERS, casefold=True),
+        "lr": Number(low=0, low_open=True),
+        "momentum": Number(**_UNIT),
+        "nesterov": Bool(),
+        "weight_decay": Number(low=0),
+        "betas": List(Number(**_UNIT), length=2, describe="a pair of numbers in [0, 1)"),
+        "scheduler": Str((*SCHEDULERS, "none"), casefold=True, optional=True),
+        "step_size": Int(1, MAX_EPOCHS),
+        "gamma": Number(low=0, low_open=True),
+        "min_lr": Number(low=0),
+        "pct_start": Number(0, 1, low_open=True, high_open=True),
+        "batch_size": Int(1, MAX_BATCH_SIZE),
+        "grad_clip": Number(low=0, low_open=True, optional=True),
+        "early_stopping": Int(1, MAX_EPOCHS, optional=True),
+        "monitor": Str(max_len=200),
+        "min_delta": Number(low=0),
+        "device": Str(max_len=100),
+        "amp": Bool(),
+        "seed": Int(0, 2**63 - 2),  # torch seeds are 64-bit; the dropout stream uses seed + 1
+        "num_workers": Int(0, 256),
+        "train_metrics": Bool(),
+        "log_every": Int(1, 1_000_000),
+        "quiet": Bool(),
+    }
+)
+#: The tables of a recipe (see the module docstring). The options of the data set and the
+#: architecture are checked by their loader and by :mod:`xaikit.zoo.limits`.
+RECIPE_SPEC = Table(
+    {
+        "name": Str(nonempty=False, max_len=1000),
+        "description": Str(nonempty=False, max_len=100_000),
+        "targets": Table(),
+        "data": Table(
+            {
+                "name": Str(max_len=5000),
+                "options": Table(),
+                "test_options": Table(),
+                "val_fraction": Number(**_UNIT),
+            }
+        ),
+        "model": Table({"arch": Str(max_len=1000), "options": Table()}),
+        "train": Table({"epochs": Int(1, MAX_EPOCHS), "options": TRAIN_OPTIONS_SPEC}),
+    }
+)
 
 
 @dataclass
@@ -75,13 +125,24 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "recipe") -> Recipe:
+        """A recipe from its tables; every field is checked (:data:`RECIPE_SPEC`) and a
+        wrong one is one :class:`~xaikit.errors.XaikitConfigError` line naming it."""
+        if not isinstance(raw, dict):
+            raise XaikitConfigError(f"{source}: a recipe is a table, got {show(raw)}")
         known = {"data", "model", "train", "name", "description", "targets"}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(set(raw) - known, key=str)
         if unknown:
-            raise XaikitConfigError(f"{source}: unknown table(s) {', '.join(unknown)}")
+            raise XaikitConfigError(
+                f"{source}: unknown table(s) {', '.join(show(u) for u in unknown)}"
+            )
+        check(raw, RECIPE_SPEC, where=source, style="toml")
         data, model, train = raw.get("data", {}), raw.get("model", {}), raw.get("train", {})
         if "name" not in data or "arch" not in model:
             raise XaikitConfigError(f"{source}: needs [data] name = ... and [model] arch = ...")
+        train_options = dict(train.get("options", {}))
+        scheduler = train_options.get("scheduler")
+        if isinstance(scheduler, str) and scheduler.lower() == "none":  # TOML has no null
+            train_options["scheduler"] = None
         return cls(
             data=data["name"],
             model=model["arch"],
@@ -90,19 +151,19 @@ class Recipe:
             test_options=dict(data.get("test_options", {})),
             val_fraction=float(data.get("val_fraction", 0.1)),
             model_options=dict(model.get("options", {})),
-            train_options=dict(train.get("options", {})),
+            train_options=train_options,
         )
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str]) -> Recipe:
-        path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise XaikitConfigError(f"{path}: recipe not found") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise XaikitConfigError(f"{path}: not a valid TOML recipe ({err})") from None
+        """Read a TOML recipe: a regular file of at most 16 MiB, checked field by field."""
+        raw = read_document(path, what="recipe", kind="toml", error=XaikitConfigError)
         return cls.from_dict(raw, str(path))
+
+    def check(self, source: str = "recipe") -> None:
+        """Check every field (after flags were laid over a recipe, or for one built in
+        code); raises :class:`~xaikit.errors.XaikitConfigError` naming the field."""
+        check(self.to_dict(), RECIPE_SPEC, where=source, style="toml")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,8 +244,8 @@ def _check_classes(name: str, dataset: Any) -> None:
 def _split_files(path: Path) -> Any:
     """The ``files`` of a ``split.json`` (``None`` if it cannot be read)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("files")
-    except (OSError, ValueError, AttributeError):
+        return read_document(path, what="split list", error=DataError).get("files")
+    except (DataError, AttributeError):
         return None
 
 
@@ -224,6 +285,7 @@ def train_recipe(
     from xaikit.train.trainer import Trainer
 
     out = Path(out)
+    recipe.check()  # flags laid over a recipe, or a recipe built in code, are checked too
     seed = int(recipe.train_options.get("seed", 0))
     options = data_options(recipe, seed)
     full_train = load(recipe.data, "train", **options)

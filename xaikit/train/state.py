@@ -9,7 +9,8 @@ A checkpoint ``<dir>/last`` is four files:
 - ``last.train.json``: everything else (epoch, history, scheduler, early-stopping counters,
   and the skeleton of the optimizer state with a ``{"__tensor__": key}`` in place of each
   tensor), plus the SHA-256 of ``last.safetensors`` so a state never pairs with other
-  weights.
+  weights, and ``state_sha256``, the SHA-256 of its own ``state`` as canonical JSON
+  (:func:`state_digest`), so a state edited by hand (``"epoch": 1e9``) is refused.
 
 The files of one epoch (``best`` when it improved, and ``last``) are first written into
 ``<dir>/.staging/`` and then moved into place by :func:`commit_staged`, the staged
@@ -18,7 +19,8 @@ previous checkpoint untouched (the incomplete set is discarded); one killed whil
 leaves a complete staged set that the next :func:`load_training_state` (a resume) finishes
 moving. So a crash at any point leaves a checkpoint that resumes.
 
-Loading reads JSON and safetensors only; nothing is unpickled.
+Loading reads JSON and safetensors only; nothing is unpickled. The JSON is checked against
+:data:`STATE_SPEC` (a wrong field is one line naming it).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xaikit.errors import CheckpointError
-from xaikit.io import atomic_path, atomic_write_json
+from xaikit.io import atomic_path, atomic_write_json, check_regular_file, finite_json, read_document
+from xaikit.schema import Int, List, Number, Str, Table, Where, check, show
 
 STATE_FORMAT = "xaikit-train-state/1"
 #: The folder, inside a checkpoint directory, where an epoch's files are written before they
@@ -162,15 +165,82 @@ def save_training_state(stem: Path, state: dict[str, Any]) -> None:
     tensor_path, json_path = state_files(stem)
     with atomic_path(tensor_path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT})
+    skeleton, _ = finite_json(skeleton)  # what the JSON file will hold, NaN as null
     atomic_write_json(
         json_path,
         {
             "format": STATE_FORMAT,
             "model_sha256": sha256(model_file(stem)),
             "tensors_sha256": sha256(tensor_path),
+            "state_sha256": state_digest(skeleton),
             "state": skeleton,
         },
     )
+
+
+def state_digest(skeleton: Any) -> str:
+    """The SHA-256 of ``skeleton`` as canonical JSON (sorted keys, no spaces): a training
+    state edited by hand no longer matches the digest saved with it."""
+    text = json.dumps(skeleton, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_DIGEST = Where(Str(), lambda v: None if len(v) == 64 else "must be 64 hex digits")
+_TENSOR_REF = Table({"__tensor__": Str(nonempty=False)}, required=("__tensor__",))
+#: ``last.train.json``: the parts :class:`~xaikit.train.Trainer` reads on resume. The digest
+#: catches any edit; these checks name the field of a file whose digest was recomputed.
+STATE_SPEC = Table(
+    {
+        "format": Str(),
+        "model_sha256": _DIGEST,
+        "tensors_sha256": _DIGEST,
+        "state_sha256": _DIGEST,
+        "state": Table(
+            {
+                "epoch": Int(0, 10**9),
+                "plan": Table(
+                    {"epochs": Int(low=1), "steps_per_epoch": Int(low=0)},
+                    required=("epochs", "steps_per_epoch"),
+                    optional=True,
+                ),
+                "recipe": Table(required=("optimizer", "scheduler")),
+                "optimizer": Table(),
+                "scheduler": Table(optional=True),
+                "scaler": Table(optional=True),
+                "monitor": Table(
+                    {
+                        "name": Str(),
+                        "best": Number(optional=True),
+                        "best_epoch": Int(low=0, optional=True),
+                        "bad_epochs": Int(low=0),
+                    },
+                    required=("name", "best", "best_epoch", "bad_epochs"),
+                    extra=True,
+                ),
+                "history": List(Table({"epoch": Int(low=1)}, required=("epoch",), extra=True)),
+                "rng": Table({"sampler": _TENSOR_REF}, required=("sampler",), extra=_TENSOR_REF),
+                "input_shape": List(Int(low=1), min_len=1, max_len=4, optional=True),
+            },
+            required=("epoch", "plan", "recipe", "optimizer", "monitor", "history", "rng"),
+            extra=True,
+        ),
+    },
+    required=("format", "model_sha256", "tensors_sha256", "state_sha256", "state"),
+    extra=True,
+)
+
+
+def _check_epochs(state: dict[str, Any], where: str) -> None:
+    """The epoch count agrees with the history and the plan it was trained under."""
+    epoch, history, plan = state["epoch"], state["history"], state["plan"]
+    if len(history) != epoch:
+        raise CheckpointError(
+            f"{where}: epoch {epoch} does not match the history of {len(history)} epochs"
+        )
+    if plan is not None and epoch > plan["epochs"]:
+        raise CheckpointError(
+            f"{where}: epoch {epoch} is past the {plan['epochs']} epochs the run was planned for"
+        )
 
 
 def load_training_state(stem: Path) -> dict[str, Any]:
@@ -186,21 +256,40 @@ def load_training_state(stem: Path) -> dict[str, Any]:
                 f"cannot resume from {stem}: {path.name} is missing (resuming needs a 'last' "
                 "checkpoint written by the Trainer)"
             )
-    try:
-        document = json.loads(json_path.read_text(encoding="utf-8"))
-        tensors = load_file(str(tensor_path))
-    except (OSError, ValueError, SafetensorError) as err:
-        raise CheckpointError(f"cannot read the training state at {stem}: {err}") from None
+    document = read_document(json_path, what="training state", error=CheckpointError)
     if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{json_path} is not an xaikit training state ({STATE_FORMAT})")
-    if document.get("model_sha256") != sha256(model_file(stem)) or document.get(
-        "tensors_sha256"
-    ) != sha256(tensor_path):
+    if "state_sha256" not in document:
+        raise CheckpointError(
+            f"{json_path}: the training state has no state_sha256 (written by an older "
+            "xaikit?); it cannot be checked, so it is not resumed"
+        )
+    check(document, STATE_SPEC, where=f"{json_path}: training state", error=CheckpointError)
+    if state_digest(document["state"]) != document["state_sha256"]:
+        raise CheckpointError(
+            f"{json_path}: the training state was changed after it was saved (its SHA-256 "
+            "differs from state_sha256); resume from an unedited checkpoint"
+        )
+    _check_epochs(document["state"], f"{json_path}: training state")
+    for path in (model_file(stem), tensor_path):
+        check_regular_file(path, what="checkpoint file", error=CheckpointError)
+    if document["model_sha256"] != sha256(model_file(stem)) or document["tensors_sha256"] != sha256(
+        tensor_path
+    ):
         raise CheckpointError(
             f"the files of checkpoint {stem} do not belong together (a save was cut short?); "
             "resume from an intact checkpoint"
         )
-    return decode(document["state"], tensors)
+    try:
+        tensors = load_file(str(tensor_path))
+    except (OSError, ValueError, SafetensorError) as err:
+        raise CheckpointError(f"cannot read the training state at {stem}: {err}") from None
+    try:
+        return decode(document["state"], tensors)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{json_path}: the training state does not fit its tensors ({show(err)})"
+        ) from None
 
 
 # --- interrupts and random state ----------------------------------------------------------

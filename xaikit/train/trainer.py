@@ -672,7 +672,15 @@ class Trainer:
 
     def _restore(self, stem: Path, epochs: int, steps: int | None) -> None:
         """Load the ``last`` checkpoint at ``stem`` into this trainer (see ``fit``)."""
-        state = load_training_state(stem)
+        state = load_training_state(stem)  # checked: its digest, types, epoch vs history
+        done = state["epoch"]
+        if not 0 <= done <= epochs:
+            # More epochs done than this run asks for cannot be undone; a state edited to
+            # `epoch: 1e9` is refused by its digest before this.
+            raise XaikitConfigError(
+                f"cannot resume {stem}: it has {done} epochs done, more than the {epochs} this "
+                f"run asks for (ask for {done} or more)"
+            )
         for key in ("optimizer", "scheduler"):
             if state["recipe"].get(key) != self.recipe[key]:
                 raise XaikitConfigError(

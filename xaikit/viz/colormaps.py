@@ -62,7 +62,7 @@ def colormap_color(cmap: str | Colormap, value: float) -> tuple[int, int, int]:
 SIGNS: tuple[str, ...] = ("auto", "absolute", "positive", "all")
 #: Gradient methods whose maps are read as magnitudes: always drawn as ``|a|`` (``sign`` is
 #: ignored). ``saliency`` / ``smoothgrad``-style maps carry no sign worth reading.
-MAGNITUDE_METHODS: tuple[str, ...] = ("saliency", "guided-backprop")
+MAGNITUDE_METHODS: tuple[str, ...] = ("saliency", "guided-backprop", "deconvolution")
 #: Gradient / perturbation methods whose signed maps may be drawn with any ``sign``
 #: (``"auto"``: absolute value). Methods whose name starts with ``deeplift`` or
 #: ``gradientshap`` belong here too.
@@ -73,6 +73,10 @@ SIGNED_METHODS: tuple[str, ...] = (
     "smoothgrad",
     "occlusion",
     "guided-gradcam",
+    "feature-ablation",
+    "lime",
+    "kernelshap",
+    "lrp",
 )
 _SIGNED_PREFIXES = ("deeplift", "gradientshap", "deepshap")
 #: Sequential colormap of ``|a|`` and ``max(a, 0)`` maps (white at 0: the picture stays

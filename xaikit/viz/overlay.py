@@ -35,7 +35,13 @@ from matplotlib.figure import Figure
 
 from xaikit.errors import XaikitConfigError
 from xaikit.io import atomic_path
+from xaikit.names import display
 from xaikit.viz.colormaps import CONTOUR_COLOR, apply_colormap, get_colormap
+
+#: Text drawn into figures is plain: never parsed as mathtext or TeX (a class named
+#: ``$\\foo$`` is shown as written, not a parse error), and at most this many characters.
+PLAIN_TEXT: dict[str, Any] = {"parse_math": False, "usetex": False}
+TITLE_LIMIT = 200
 
 ArrayLike = np.ndarray | torch.Tensor
 Normalization = Mapping[str, Sequence[float]]
@@ -302,6 +308,12 @@ def overlay(
     return out
 
 
+def _plain_title(title: Any) -> str:
+    """A title as drawn: valid Unicode, at most :data:`TITLE_LIMIT` characters."""
+    text = display(str(title))
+    return text if len(text) <= TITLE_LIMIT else text[: TITLE_LIMIT - 3] + "..."
+
+
 def _figure(**kwargs: Any) -> Figure:
     figure = Figure(**kwargs)
     FigureCanvasAgg(figure)
@@ -322,6 +334,9 @@ def overlay_figure(
 ) -> Figure:
     """A figure of :func:`overlay` with an optional title and colour bar (``[0, 1]``).
 
+    The title is plain text (no mathtext or TeX: ``$`` is a dollar sign), cut to
+    :data:`TITLE_LIMIT` characters.
+
     The image part is ``height`` inches tall and keeps the image's aspect ratio; the figure's
     size is fixed by the layout (``fig.get_size_inches()``), so saved files have a
     predictable pixel size. ``overlay_options`` go to :func:`overlay`. ``colorbar_range`` is
@@ -338,7 +353,7 @@ def overlay_figure(
     ax.imshow(rgb, interpolation="nearest")
     ax.set_axis_off()
     if title:
-        ax.set_title(title, fontsize=11)
+        ax.set_title(_plain_title(title), fontsize=11, **PLAIN_TEXT)
     if colorbar:
         cax = figure.add_axes(
             ((pad + image_width + 0.1) / fig_w, pad / fig_h, 0.15 / fig_w, height / fig_h)
@@ -460,9 +475,11 @@ def signal_overlay(
     ax.set_ylim(y_low, y_high)
     ax.set_xlabel("step")
     if labels is not None:
-        ax.legend(loc="upper right", fontsize="small")
+        legend = ax.legend(loc="upper right", fontsize="small")
+        for text in legend.get_texts():
+            text.set(**PLAIN_TEXT)
     if title:
-        ax.set_title(title)
+        ax.set_title(_plain_title(title), **PLAIN_TEXT)
     if colorbar:
         figure.colorbar(image, ax=ax, label="attribution", pad=0.01)
     return figure

@@ -27,6 +27,7 @@ and a section that fails on a user-fixable problem shows that one-line reason.
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import os
 import platform
@@ -44,16 +45,17 @@ from tqdm.auto import tqdm
 from xaikit._names import REPORT_METHODS as DEFAULT_METHODS
 from xaikit._names import REPORT_SEQUENCE_METHODS as SEQUENCE_METHODS
 from xaikit._version import __version__
-from xaikit.data.images import IMAGE_FORMATS
+from xaikit.data.images import MAX_PIXELS
 from xaikit.data.normalization import denormalize, normalize
 from xaikit.data.registry import dataset_info, load
 from xaikit.data.sampling import balanced_order, dataset_targets
-from xaikit.errors import XaikitConfigError, XaikitError
+from xaikit.errors import DataError, XaikitConfigError, XaikitError
 from xaikit.explain.engine import check_methods
 from xaikit.explain.layers import resolve_layer
 from xaikit.explain.state import borrowed, has_recurrent, model_device
 from xaikit.explain.temporal import TEMPORAL_METHODS
-from xaikit.io import atomic_write_text
+from xaikit.io import atomic_write_text, read_limited
+from xaikit.schema import List, Number, Where, check, show
 from xaikit.viz.html import (
     Section,
     encode_png,
@@ -67,6 +69,7 @@ from xaikit.viz.html import (
 )
 from xaikit.zoo.checkpoint import resolve_checkpoint
 from xaikit.zoo.heads import get_task
+from xaikit.zoo.limits import MAX_CLASSES
 from xaikit.zoo.registry import TORCHVISION_PREFIX
 
 SECTION_IDS = (
@@ -566,18 +569,57 @@ def training_files(checkpoint: Path | None) -> dict[str, Path]:
         ("history", (f"{stem}.history.json", "history.json")),
     ):
         for candidate in names:
-            if (folder / candidate).is_file():
-                found[key] = folder / candidate
+            path = folder / candidate
+            # Anything by that name, not only regular files: a FIFO or a link to /dev/zero is
+            # refused by the reader with a note in the page instead of silently skipped.
+            if path.exists() or path.is_symlink():
+                found[key] = path
                 break
     return found
 
 
-def _history_table(path: Path) -> str:
+#: Size limit of a ``curves.png`` beside a checkpoint (the figure is a few hundred KB).
+MAX_CURVES_BYTES = 16 * 2**20
+
+
+def _side_file_note(ctx: ReportContext, name: str, err: Exception, path: Path | None = None) -> str:
+    """A side file that failed: one line in the page where its part would be, and in the
+    notes; the rest of the section and of the report is built as usual."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if path is not None:
+        text = text.removeprefix(f"{path}: ")
+    line = f"{name} was not read: {text}"
+    if line not in ctx.notes:
+        ctx.notes.append(line)
+    return f'<p class="bad">{escape(line)}</p>'
+
+
+def _curves_png(path: Path) -> str:
+    """``curves.png`` as an inlined PNG: a regular file of at most :data:`MAX_CURVES_BYTES`
+    that decodes as a PNG of at most :data:`MAX_PIXELS` pixels, else :class:`DataError`."""
+    data = read_limited(path, what="training curves", max_bytes=MAX_CURVES_BYTES, error=DataError)
     try:
-        history = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return f'<p class="note">history {escape(path.name)} unreadable: {escape(err)}</p>'
-    if not isinstance(history, list) or not history or not isinstance(history[0], dict):
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as opened:
+            if opened.width * opened.height > MAX_PIXELS:
+                raise DataError(
+                    f"{path}: the figure is {opened.width} x {opened.height} pixels, more than "
+                    f"{MAX_PIXELS:,}"
+                )
+            return encode_png(opened.convert("RGB"), max_side=1000)
+    except DataError:
+        raise
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on damage
+        detail = " ".join(str(err).split())[:160] or type(err).__name__
+        raise DataError(f"{path}: not a readable PNG image ({detail})") from None
+
+
+def _history_table(path: Path) -> str:
+    """The last 30 epochs of ``history.json``; raises :class:`DataError` (one line) when the
+    file does not fit :data:`xaikit.train.history.HISTORY_SPEC`."""
+    from xaikit.train.history import read_history
+
+    history = read_history(path)
+    if not history:
         return ""
     keys: dict[str, None] = {}
     for record in history:
@@ -589,19 +631,25 @@ def _history_table(path: Path) -> str:
 
 
 def training_section(ctx: ReportContext) -> Section:
-    """The training curves PNG and the history table stored beside the checkpoint."""
+    """The training curves PNG and the history table stored beside the checkpoint; a file
+    that cannot be read is replaced by a one-line note, the other is still shown."""
     files = training_files(ctx.checkpoint)
     parts = []
     if "curves" in files:
-        # Only the documented formats: a downloaded model folder's curves.png may hold anything.
-        with Image.open(files["curves"], formats=IMAGE_FORMATS) as opened:
-            png = encode_png(opened.convert("RGB"), max_side=1000)
-        parts.append(
-            f"<figure>{img(png, 'training curves')}<figcaption>"
-            f"{escape(files['curves'].name)}: loss and metrics per epoch</figcaption></figure>"
-        )
+        path = files["curves"]
+        try:
+            png = _curves_png(path)
+            parts.append(
+                f"<figure>{img(png, 'training curves')}<figcaption>"
+                f"{escape(path.name)}: loss and metrics per epoch</figcaption></figure>"
+            )
+        except XaikitError as err:
+            parts.append(_side_file_note(ctx, path.name, err, path))
     if "history" in files:
-        parts.append(_history_table(files["history"]))
+        try:
+            parts.append(_history_table(files["history"]))
+        except XaikitError as err:
+            parts.append(_side_file_note(ctx, files["history"].name, err, files["history"]))
     if not parts:
         where = ctx.checkpoint.parent if ctx.checkpoint else "(no checkpoint file)"
         parts.append(
@@ -609,6 +657,33 @@ def training_section(ctx: ReportContext) -> Section:
             f"{escape(where)} (looked for &lt;name&gt;.curves.png and curves.png).</p>"
         )
     return Section("training", "Training", "\n".join(parts))
+
+
+def _square(value: Any) -> str | None:
+    if any(len(row) != len(value) for row in value):
+        lengths = sorted({len(row) for row in value})
+        return f"must be a square matrix, got {len(value)} rows of {lengths} numbers"
+    return None
+
+
+def _card_confusion(
+    value: Any, names: Sequence[str], task: str, field_path: str
+) -> list[list[float]]:
+    """The card's confusion matrix: square, of non-negative numbers, one row per class of a
+    multi-class model; else :class:`DataError` naming the field."""
+    rows = len(names) if task == "multiclass" else None
+    spec = Where(
+        List(
+            List(Number(low=0), max_len=MAX_CLASSES),
+            min_len=1,
+            length=rows,
+            max_len=MAX_CLASSES,
+            describe=f"a {rows} x {rows} matrix of counts" if rows else "a square matrix of counts",
+        ),
+        _square,
+    )
+    check(value, spec, where="model card", error=DataError, path=tuple(field_path.split(".")))
+    return value
 
 
 def _confusion_table(matrix: Sequence[Sequence[float]], names: Sequence[str]) -> str:
@@ -658,6 +733,14 @@ def metrics_section(ctx: ReportContext) -> Section:
     on the report's samples."""
     metrics = ctx.card.get("metrics") or {}
     names = ctx.class_names
+    parts = []
+    if not isinstance(metrics, Mapping):
+        parts.append(
+            _side_file_note(
+                ctx, "the model card's metrics", DataError(f"not a table: {show(metrics)}")
+            )
+        )
+        metrics = {}
     scalars = [
         (key, fmt(value, 4))
         for key, value in metrics.items()
@@ -670,18 +753,13 @@ def metrics_section(ctx: ReportContext) -> Section:
         and len(value) == len(names)
         and all(isinstance(v, (int, float)) for v in value)
     }
-    matrix = next(
-        (
-            value
-            for key, value in metrics.items()
-            if "confusion" in key
-            and isinstance(value, list)
-            and value
-            and isinstance(value[0], list)
-        ),
-        None,
-    )
-    parts = []
+    matrix = None
+    found = next(((k, v) for k, v in metrics.items() if "confusion" in str(k)), None)
+    if found is not None:
+        try:
+            matrix = _card_confusion(found[1], names, ctx.task, f"metrics.{found[0]}")
+        except XaikitError as err:
+            parts.append(_side_file_note(ctx, "the model card's confusion matrix", err))
     if scalars:
         parts.append("<h3>Test metrics (model card)</h3>\n" + table(["metric", "value"], scalars))
     else:

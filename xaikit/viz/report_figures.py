@@ -93,7 +93,8 @@ def overlay_grid_figure(
                 heat = cell.heatmap.detach().cpu()
                 picture = overlay(cell.image, heat, mask=mask, cmap=cell.cmap or cmap)
             ax.imshow(picture, interpolation="nearest")
-            ax.set_title(cell.title, fontsize=7)
+            # Plain text (a class named "$\foo$" is no mathtext), and never a whole long name.
+            ax.set_title(str(cell.title)[:120], fontsize=7, parse_math=False, usetex=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Mapping
@@ -25,9 +24,10 @@ from torch import nn
 
 from xaikit._version import __version__
 from xaikit.errors import CheckpointError, XaikitConfigError
-from xaikit.io import atomic_path, atomic_write_json
+from xaikit.io import atomic_path, atomic_write_json, check_regular_file, read_document
+from xaikit.schema import Int, List, Number, OneOf, Str, Table, Where, check
 from xaikit.zoo.heads import get_task
-from xaikit.zoo.limits import check_input_shape
+from xaikit.zoo.limits import MAX_CLASSES, check_input_shape
 from xaikit.zoo.registry import TORCHVISION_PREFIX, create_model
 
 CARD_FORMAT = "xaikit-model-card"
@@ -133,26 +133,79 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], **card: Any) -> P
     return weights_path
 
 
+def _check_normalization(value: Any) -> str | None:
+    if isinstance(value, Mapping) and "mean" in value and "std" in value:
+        if len(value["mean"]) != len(value["std"]):
+            return "must have as many std values as mean values"
+        return None
+    return "must hold both mean and std"
+
+
+_NUMBERS = List(Number(), min_len=1, max_len=4096)
+#: What :func:`load_model` and the commands read from a card; other fields are kept as they
+#: are (a card may carry notes of its own, e.g. ``comparison``).
+CARD_SPEC = Table(
+    {
+        "format": Str(),
+        "format_version": Int(low=1, optional=True),
+        "architecture": Str(max_len=200),
+        "config": Table(),
+        "task": Str(optional=True, max_len=100),
+        "num_classes": Int(low=1, high=MAX_CLASSES, optional=True),
+        "class_names": List(
+            OneOf(Str(nonempty=False, max_len=1000), Int()),
+            max_len=MAX_CLASSES,
+            optional=True,
+            describe="a list of class names (strings)",
+        ),
+        "input_shape": List(Int(low=1), min_len=2, max_len=4, optional=True),
+        "normalization": Where(
+            Table({"mean": _NUMBERS, "std": List(Number(low=0, low_open=True), min_len=1)}),
+            _check_normalization,
+            optional=True,
+        ),
+        "recipe": Table(optional=True),
+        "seed": Int(optional=True),
+        "epoch": Int(low=0, optional=True),
+        "metrics": Table(optional=True),
+        "data": Table({"name": Str(), "options": Table(optional=True)}, extra=True, optional=True),
+        "selection": Table(optional=True),
+        "weights": Str(optional=True),
+        "weights_file": Str(optional=True),
+        "weights_sha256": Where(
+            Str(), lambda v: None if len(v) == 64 else "must be 64 hex digits", optional=True
+        ),
+        "source": Table(optional=True),
+    },
+    required=("architecture", "config"),
+    extra=True,
+)
+
+
 def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check the JSON model card beside a checkpoint."""
+    """Read and check the JSON model card beside a checkpoint.
+
+    The card is read as a regular file of at most 16 MiB (see :func:`xaikit.io.read_document`)
+    and its fields are checked against :data:`CARD_SPEC`; any failure is one
+    :class:`CheckpointError` line naming the field.
+    """
     card_path = _base_path(path).with_name(_base_path(path).name + CARD_SUFFIX)
-    if not card_path.exists():
+    if not card_path.exists() and not card_path.is_symlink():
         raise CheckpointError(f"{card_path}: model card not found (it sits beside the weights)")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{card_path}: not a valid JSON model card ({err})") from None
+    card = read_document(card_path, what="model card", error=CheckpointError)
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise CheckpointError(f"{card_path}: not an xaikit model card (no format field)")
     for key in ("architecture", "config"):
         if key not in card:
             raise CheckpointError(f"{card_path}: the model card has no {key!r} field")
+    check(card, CARD_SPEC, where=f"{card_path}: model card", error=CheckpointError)
     return card
 
 
 def _check_safetensors_header(path: Path) -> None:
     """Refuse anything that is not a well-formed safetensors file, before parsing it."""
-    size = path.stat().st_size
+    # A FIFO or /dev/zero would block or never end: only a regular file is opened.
+    size = check_regular_file(path, what="weights file", error=CheckpointError)
     with open(path, "rb") as handle:
         head = handle.read(8)
     if head.startswith(_PICKLE_MAGIC):
@@ -173,7 +226,7 @@ def _check_safetensors_header(path: Path) -> None:
 def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load the tensors of a ``.safetensors`` file, refusing pickles and damaged files."""
     weights_path = Path(path)
-    if not weights_path.exists():
+    if not weights_path.exists() and not weights_path.is_symlink():
         raise CheckpointError(f"{weights_path}: checkpoint not found")
     _check_safetensors_header(weights_path)
     try:

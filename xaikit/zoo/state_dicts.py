@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from xaikit.errors import CheckpointError
+from xaikit.io import open_regular
 from xaikit.zoo.checkpoint import load_weights
 
 #: Extensions of ``torch.save`` state dicts (the content decides the format, not these).
@@ -101,9 +102,12 @@ def read_weights_file(path: str | os.PathLike[str]) -> WeightsFile:
             (its code is not run), or does not hold a state dict of tensors.
     """
     file = Path(path)
-    if not file.is_file():
+    if not file.exists() and not file.is_symlink():
         raise CheckpointError(f"{file}: weights file not found")
-    with open(file, "rb") as handle:
+    # Opened without blocking and only as a regular file: a FIFO would hang the read and
+    # /dev/zero (or a symlink to it) would be read until memory runs out.
+    fd = open_regular(file, what="weights file", error=CheckpointError)
+    with os.fdopen(fd, "rb") as handle:
         head = handle.read(9)
     if not head:
         raise CheckpointError(f"{file}: the weights file is empty")

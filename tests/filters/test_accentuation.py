@@ -1,0 +1,120 @@
+"""Feature accentuation: the parametrization and its gradient scaling equal horama's; the
+result stays near the image, raises the target, and the penalty controls how near."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from xaikit.filters import maximize
+from xaikit.filters.accentuation import AccentuationImage, fft_scale
+
+horama_fa = pytest.importorskip("horama.feature_accentuation")
+
+BLOCK2 = "features.block2"
+
+
+def _seed_image() -> torch.Tensor:
+    """A colour image spanning exactly [0, 1] (horama min-max stretches its seed)."""
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    image[0, 0, 0], image[1, 0, 1] = 0.0, 1.0
+    return image
+
+
+def test_the_parametrization_and_its_gradient_equal_horamas():
+    seed = _seed_image()
+    spectrum = horama_fa.inverse_image_spectrum(seed, "cpu").detach().requires_grad_(True)
+    scaler = horama_fa.SpectrumBackwardScaler(horama_fa.get_fft_scale(32, 32, 1.5))
+    theirs = horama_fa.fa_preconditionner(spectrum, scaler, (0.0, 1.0), "cpu")
+    param = AccentuationImage(seed[None], decay_power=1.5)
+    # the inverse of the start image (ours in float64, theirs in float32)
+    torch.testing.assert_close(param().detach()[0], theirs.detach(), rtol=0, atol=1e-5)
+    # the forward from the same spectrum: equal
+    with torch.no_grad():
+        param.spectrum.copy_(torch.view_as_real(spectrum.detach())[None])
+    ours = param()
+    torch.testing.assert_close(ours[0], theirs, rtol=0, atol=1e-5)
+    # the start is reproduced (up to the logit's eps)
+    assert (ours[0] - seed).abs().max() < 3e-3
+    # the same loss gives the same (frequency-scaled) gradient on the spectrum
+    weight = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    (theirs * weight).sum().backward()
+    (ours[0] * weight).sum().backward()
+    torch.testing.assert_close(
+        param.spectrum.grad[0], torch.view_as_real(spectrum.grad), rtol=1e-4, atol=1e-4
+    )
+    horama_scale = horama_fa.get_fft_scale(32, 32, 1.5).real[0]
+    torch.testing.assert_close(fft_scale(32, 32, 1.5), horama_scale)
+
+
+def test_accentuation_stays_near_the_image_and_raises_the_channel(striped):
+    model, images, _, norm = striped
+    start = images[:4]
+    common = dict(steps=24, seed=0, normalization=norm, quiet=True, start=start)
+    result = maximize(model, BLOCK2, [1, 2, 7, 9], **common)
+    assert result.param == "accentuation" and result.images.shape == start.shape
+    torch.testing.assert_close(result.start, start, rtol=0, atol=3e-3)
+    assert (result.gain > 1.0).all(), result.summary()
+    assert (result.distance > 0.005).all() and (result.distance < 0.2).all()
+    # a stronger penalty keeps it nearer (and gains less); no penalty wanders further
+    near = maximize(model, BLOCK2, [1, 2, 7, 9], penalty=50.0, **common)
+    free = maximize(model, BLOCK2, [1, 2, 7, 9], penalty=0.0, **common)
+    assert (near.distance < result.distance).all() and (result.distance < free.distance).all()
+    assert (near.gain < result.gain).all()
+    # zero steps: the image itself
+    same = maximize(model, BLOCK2, [1], steps=0, start=start[0], normalization=norm, quiet=True)
+    assert float(same.distance[0]) == 0.0
+    torch.testing.assert_close(same.images[0], start[0], rtol=0, atol=3e-3)
+    assert isinstance(result.figure, Figure)
+    assert result.summary()[0]["distance"] == pytest.approx(float(result.distance[0]))
+
+
+def test_the_cli_accentuates_data_images(tmp_path, monkeypatch, striped):
+    import json
+
+    from xaikit import cli
+    from xaikit.cli import filters as filters_command
+    from xaikit.data import TensorDataset
+    from xaikit.zoo.checkpoint import save_model
+
+    model, images, labels, norm = striped
+    checkpoint = save_model(model, tmp_path / "model", input_shape=[3, 16, 16], normalization=norm)
+    dataset = TensorDataset(
+        images[:8],
+        labels[:8],
+        name="striped",
+        split="test",
+        classes=["h", "v", "d"],
+        task="multiclass",
+        input_kind="image",
+    )
+    monkeypatch.setattr(filters_command, "load", lambda name, split="train", **o: dataset)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["filters"])
+    out = tmp_path / "out"
+    argv = [
+        "filters",
+        "--model",
+        str(checkpoint),
+        "--mode",
+        "accentuate",
+        "--data",
+        "striped",
+        "--layer",
+        BLOCK2,
+        "--out",
+        str(out),
+        "--n",
+        "2",
+        "--channels",
+        "3",
+        "--steps",
+        "8",
+        "--quiet",
+    ]
+    assert cli.main(argv) == 0
+    index = json.loads((out / "index.json").read_text())
+    rows = index["channels"]
+    assert [r["unit"] for r in rows] == [3, 3] and all(r["gain"] > 0 for r in rows)
+    assert all(0 < r["distance"] < 0.2 for r in rows)
+    assert "accentuate/0001_channel_0003.png" in index["files"]

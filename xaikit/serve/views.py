@@ -1,0 +1,146 @@
+"""Turning tensors into what the page shows and downloads: PNG, data URIs, ``.npy``, JSON.
+
+Colours and overlays come from :mod:`xaikit.viz.colormaps` and :mod:`xaikit.viz.overlay`
+(used as they are); nothing here computes an explanation. The page blends a heatmap over
+its input itself (an opacity slider), so the heatmap is sent as its own picture; the
+downloadable figure is :func:`xaikit.viz.overlay.overlay_figure` with a title and colour bar.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+STRIP_ROWS = 12  # rows a 1-D map or signal is drawn with
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` uint8 -> PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """PNG bytes as a ``data:image/png;base64,...`` URI (the page needs no image route)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as the bytes of a ``.npy`` file (``np.load`` reads it back exactly)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8")
+
+
+def _scaled(values: np.ndarray) -> np.ndarray:
+    low, high = float(np.min(values)), float(np.max(values))
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+
+
+def input_pixels(x: Any, kind: str, normalization: Any = None) -> np.ndarray:
+    """One model input as uint8 RGB: an image un-normalized (``(C, H, W)``), a signal
+    ``(C, L)`` as a strip per channel, a sequence ``(T, F)`` as a features x time picture."""
+    from xaikit.viz.colormaps import apply_colormap
+    from xaikit.viz.overlay import to_display_image
+
+    values = x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    if kind == "image":
+        rgb = to_display_image(values, normalization=normalization)
+        return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+    planes = values if kind == "signal" else values.T  # (rows, length)
+    picture = apply_colormap(_scaled(planes.astype(np.float64)), "viridis")
+    return np.repeat(picture, max(1, STRIP_ROWS // max(1, planes.shape[0])), axis=0)
+
+
+def heatmap_pixels(heatmap: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """A map in ``[0, 1]`` (``(H, W)``, or ``(L,)`` for signals and sequences) as uint8 RGB."""
+    from xaikit.viz.colormaps import apply_colormap
+
+    values = np.asarray(heatmap, dtype=np.float64)
+    if values.ndim == 1:
+        values = np.repeat(values[None], STRIP_ROWS, axis=0)
+    return apply_colormap(values, cmap)
+
+
+def colorbar_pixels(cmap: str = "jet", width: int = 256, height: int = 12) -> np.ndarray:
+    """A horizontal colour bar from 0 (left) to 1 (right)."""
+    from xaikit.viz.colormaps import apply_colormap
+
+    ramp = np.repeat(np.linspace(0.0, 1.0, width)[None], height, axis=0)
+    return apply_colormap(ramp, cmap)
+
+
+def figure_png(figure: Any, dpi: int = 100) -> bytes:
+    """A matplotlib figure (Agg canvas) as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def map_figure(
+    x: Any,
+    heatmap: np.ndarray,
+    *,
+    kind: str,
+    title: str,
+    normalization: Any,
+    cmap: str,
+    alpha: float,
+) -> bytes:
+    """The downloadable figure of one map: overlay, title and colour bar (images), or the
+    signal / sequence with its map as a colour band behind the traces."""
+    from xaikit.viz.overlay import overlay_figure, signal_overlay
+
+    values = x.detach().float().cpu() if hasattr(x, "detach") else x
+    if kind == "image":
+        figure = overlay_figure(
+            values,
+            heatmap,
+            title=title,
+            cmap=cmap,
+            alpha=alpha,
+            normalization=normalization,
+            size=max(256, int(values.shape[-1])),
+        )
+    else:
+        figure = signal_overlay(values, heatmap, title=title, channels_first=kind == "signal")
+    return figure_png(figure)
+
+
+def tensor_grid_pixels(grid: Any) -> np.ndarray:
+    """A ``(1 | 3, H, W)`` tensor in ``[0, 1]`` (e.g. :attr:`Kernels.grid`) as uint8 RGB."""
+    values = grid.detach().float().cpu().clamp(0, 1).numpy()
+    if values.shape[0] == 1:
+        values = np.repeat(values, 3, axis=0)
+    return np.round(values.transpose(1, 2, 0) * 255.0).astype(np.uint8)
+
+
+def channel_pixels(maps: np.ndarray, cmap: str = "viridis") -> list[np.ndarray]:
+    """``(C, *S)`` activations -> one uint8 RGB picture per channel, on one shared scale so
+    channels compare."""
+    from xaikit.viz.colormaps import apply_colormap
+
+    scaled = _scaled(np.asarray(maps, dtype=np.float64))
+    pictures = []
+    for plane in scaled:
+        if plane.ndim == 1:
+            plane = np.repeat(plane[None], STRIP_ROWS, axis=0)
+        elif plane.ndim == 0:
+            plane = np.full((STRIP_ROWS, STRIP_ROWS), float(plane))
+        pictures.append(apply_colormap(plane, cmap))
+    return pictures
+
+
+def pixels_uri(pixels: np.ndarray) -> str:
+    return data_uri(png_bytes(pixels))
