@@ -236,6 +236,7 @@ def test_explain_method_lrp() -> None:
     # intermediate layer through explain
     layered = X.explain(net, x, method="lrp", layer="features.4", return_result=True)
     assert layered.raw.shape == (2, 1, 6, 6) and layered.maps.shape == (2, 1, 12, 12)
+    assert layered.layer == "features.4" and result.layer is None  # where relevance was taken
     # options are checked
     with pytest.raises(XaikitConfigError, match="unknown option"):
         X.explain(net, x, method="lrp", alpha=3)
@@ -267,3 +268,16 @@ def test_bad_rule_parameters_are_refused() -> None:
         lrp(ReluNet(), torch.randn(1, 3, 8, 8) * 3, 0, composite="epsilon-gamma-box")
     with pytest.raises(XaikitConfigError, match="out of range"):
         lrp(tiny_net(), X0, 3)
+
+
+def test_relevance_at_takes_predicted_and_refuses_other_words() -> None:
+    torch.manual_seed(5)
+    net = ReluNet().eval()
+    x = torch.randn(3, 3, 12, 12)
+    predicted = net(x).argmax(dim=1)
+    by_word = relevance_at(net, x, "features.4", target="predicted")
+    by_index = relevance_at(net, x, "features.4", target=predicted)
+    torch.testing.assert_close(by_word.relevance, by_index.relevance, rtol=0, atol=0)
+    assert by_word.channels.shape == (3, 1, by_word.relevance.shape[2])
+    with pytest.raises(XaikitConfigError, match="use xaikit.explain"):
+        relevance_at(net, x, "features.4", target="positive")

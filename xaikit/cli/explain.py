@@ -20,6 +20,7 @@ from xaikit.cli._common import (
     canonical_methods,
     input_shape,
     load_cli_model,
+    parse_options,
 )
 from xaikit.errors import XaikitConfigError
 
@@ -108,6 +109,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how the layer's output is read as a map: nchw (CNNs), nhwc (channels last: "
         "Swin, MambaOut), tokens (ViT-family (N, P+H*W, C), prefix tokens dropped); "
         "default: auto, from the shape and the model's patch grid",
+    )
+    parser.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the methods, as explain(..., KEY=VALUE) takes it (repeatable), e.g. "
+        "composite=epsilon-gamma-box (lrp), steps=64 (ig), segments=100 (lime, kernelshap), "
+        "aug_smooth=True (CAMs); `xaikit methods` lists the methods",
     )
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
@@ -388,6 +398,7 @@ def _run(args: argparse.Namespace) -> int:
         model_info=_model_info(args.model, card),
         quiet=args.quiet,
         on_error=_report,
+        options=parse_options(args.method_option, "--method-option"),
     )
     results = display(str(summary.results))  # printable whatever the bytes of --out
     for text in summary.warnings:

@@ -116,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="craft",
         help="concepts: NMF over positions (dff) or over image crops (craft) (craft)",
     )
+    parser.add_argument(
+        "--concept-baseline",
+        choices=("min", "median", "zero"),
+        default=None,
+        help="concepts: per-channel offset before the NMF; median keeps the background out "
+        "of the concepts (default: min for dff, zero for craft)",
+    )
     parser.add_argument("--n-concepts", type=int, default=8, help="concepts: how many concepts (8)")
     parser.add_argument("--k", type=int, default=9, help="exemplars per channel (9)")
     parser.add_argument(
@@ -481,6 +488,7 @@ def _run(args: argparse.Namespace) -> int:
             dataset,
             n_concepts=args.n_concepts,
             method=args.concept_method,
+            baseline=args.concept_baseline,
             k=min(args.k, len(dataset)),
             steps=args.steps,
             seed=args.seed,

@@ -617,7 +617,7 @@ def _run(
             probabilities=probabilities,
             degenerate=degenerate,
             method=name,
-            layer=layer_name if uses_layer else None,
+            layer=layer_name if uses_layer else _lrp_layer(name, settings.layer),
             score=settings.score,
             normalize=settings.normalize,
             single=targets.single,
@@ -662,6 +662,13 @@ def _gradient_method(
         cam = upsample(raws["gradcam"].clamp_min(0).to(maps.dtype), size)
         maps = maps * cam
     return maps
+
+
+def _lrp_layer(name: str, layer: str | nn.Module) -> str | None:
+    """The layer LRP's relevance was taken at (``None``: the input)."""
+    if name not in LRP_METHODS or (isinstance(layer, str) and layer == "auto"):
+        return None
+    return layer if isinstance(layer, str) else type(layer).__name__
 
 
 def _warn_degenerate(results: Mapping[str, Explanation], layer: str | None) -> None:

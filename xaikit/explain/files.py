@@ -105,7 +105,7 @@ from xaikit.errors import DataError, XaikitConfigError, XaikitError
 from xaikit.explain.adapter import ExplainWarning
 from xaikit.explain.api import explain
 from xaikit.explain.cam import CAM_METHODS
-from xaikit.explain.engine import SCORE_CAM_METHODS, check_methods
+from xaikit.explain.engine import SCORE_CAM_METHODS, check_methods, route_options
 from xaikit.explain.result import Explanation
 from xaikit.io import LOCK_NAME, atomic_path, atomic_write_text, dumps_json
 from xaikit.names import (
@@ -974,6 +974,7 @@ def explain_files(
     quiet: bool = False,
     on_error: Callable[[str, str], None] | None = None,
     workers: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> FilesSummary:
     """Explain image files and folders, writing overlays, maps and ``results.json`` to ``out``.
 
@@ -1011,6 +1012,9 @@ def explain_files(
             ``run.model_source`` but not compared on resume.
         quiet: no progress bar.
         on_error: called with ``(source, reason)`` for each input that cannot be used.
+        options: method options (``steps=``, ``composite=``, ``segments=``, ...), as
+            :func:`xaikit.explain.api.explain` takes them; recorded in the settings a resume
+            must match. An option no requested method takes is refused before any file.
         workers: threads that encode and write the files while the next batch is explained
             (default: up to 4; 0 writes in the calling thread).
 
@@ -1053,6 +1057,8 @@ def explain_files(
             raise XaikitConfigError(
                 f"{out_dir / own} is not a regular file; remove it or use another --out"
             )
+    method_options = dict(options or {})
+    route_options(check_methods(methods), method_options)  # an unknown option: refused now
     sources = collect_images(inputs, exclude=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = dict(model_info or {})
@@ -1075,6 +1081,8 @@ def explain_files(
         "figures": figures,
         "sign": sign,
     }
+    if method_options:  # only when given, so the settings of earlier runs still match
+        settings["options"] = method_options
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     header = json_safe({"kind": "run", "settings": settings, "xaikit_version": __version__})
     results_path = out_dir / RESULTS
@@ -1111,6 +1119,7 @@ def explain_files(
                 class_names=names,
                 quiet=True,
                 return_result=True,
+                **method_options,
             )
         for warning in caught:
             text = str(warning.message)

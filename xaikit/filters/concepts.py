@@ -25,7 +25,19 @@ masks ``M`` (a scrambled, seeded Sobol sequence of ``2 r`` dimensions: matrices 
 ``B`` and ``A`` with column ``i`` from ``B``), the activations rebuilt as ``(M u) W +
 offset`` and passed through the rest of the network; the total Sobol index of concept
 ``i`` on logit ``k`` is Jansen's estimator ``E[(f(A) - f(A_B^i))^2] / (2 Var f)``,
-averaged over the images. ``importance`` is ``(n_classes, r)``.
+averaged over the images. ``importance`` is ``(n_classes, r)``; :func:`concept_importance`
+gives it per image ``(N, K, r)``. Multi-label data (``(K,)`` 0/1 targets) estimates class
+``k`` on the images that hold ``k``. The layers before ``layer`` run once per image, only
+the rest of the network on the masked activations.
+
+``baseline`` (both methods) is the per-channel offset subtracted before factorizing:
+``"min"`` (DFF's default, pytorch-grad-cam's), ``"zero"`` (CRAFT's default) or ``"median"``:
+each channel's median over all positions, values below it clipped to 0, so the concepts
+describe what stands out from a typical (mostly background) position. On
+``shapes-multilabel`` at the last block, DFF with ``"median"`` finds one concept per shape
+class, each pointing at its class's masks (purity >= 0.9) and ranked first by importance for
+its class, where ``"min"`` spends a concept on the background
+(``benchmarks/bench_concepts_shapes.py``).
 
 Exemplars: the ``k`` crops with the largest coefficient (CRAFT), or the receptive fields
 of the ``k`` positions with the largest heatmap value, one per image (DFF). Optionally each

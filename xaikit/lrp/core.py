@@ -71,8 +71,13 @@ class Relevance:
 
 def _as_index(target: Any, logits: Tensor) -> Tensor:
     n = logits.shape[0]
-    if target is None:
+    if target is None or (isinstance(target, str) and target == "predicted"):
         return logits.argmax(dim=1, keepdim=True)
+    if isinstance(target, str):
+        raise XaikitConfigError(
+            f"LRP targets here are class indices or 'predicted', got {target[:40]!r}; for "
+            "'positive', 'all', top-k or class names use xaikit.explain(..., method='lrp')"
+        )
     index = torch.as_tensor(target, device=logits.device)
     if index.is_floating_point() or index.dtype == torch.bool:
         raise XaikitConfigError(f"LRP targets must be class indices, got dtype {index.dtype}")
