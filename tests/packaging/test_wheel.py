@@ -142,6 +142,17 @@ def test_the_wheel_holds_the_reference_models(installed):
     assert (shipped / "README.md").is_file()
 
 
+def test_the_wheel_holds_the_explorers_page(installed):
+    """``xaikit serve`` serves its page from the package: nothing to build or download."""
+    _bindir, purelib, _cwd = installed
+    static = purelib / "xaikit" / "serve" / "static"
+    source = Path(__file__).resolve().parents[2] / "xaikit" / "serve" / "static"
+    names = sorted(p.name for p in source.iterdir())
+    assert names == ["app.js", "index.html", "style.css"]
+    for name in names:
+        assert (static / name).read_bytes() == (source / name).read_bytes(), name
+
+
 def test_installed_zoo_lists_the_reference_models(installed):
     bindir, purelib, cwd = installed
     out = _run([str(bindir / "xaikit"), "zoo"], cwd=cwd, env=_clean_env(bindir)).stdout

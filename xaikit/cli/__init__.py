@@ -104,6 +104,19 @@ def _cli_warnings() -> Iterator[None]:
         warnings.showwarning = previous
 
 
+def _precheck_models(args: argparse.Namespace) -> None:
+    """Refuse a ``--model`` checkpoint whose card asks for a model past the size limits before
+    the command imports torch (~640 MB on its own): the full loader checks it again."""
+    if getattr(args, "model_option", None):
+        return  # options change the architecture: the loader judges the result
+    specs = getattr(args, "model", None)
+    from xaikit._model_limits import precheck_checkpoint
+
+    for spec in [specs] if isinstance(specs, str) else list(specs or []):
+        if isinstance(spec, str):
+            precheck_checkpoint(spec)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xaikit`` console script; returns the exit code."""
     from xaikit.cli._common import cli_wording
@@ -114,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_OK
+        _precheck_models(args)
         with _cli_warnings():
             code = int(args._run(args) or EXIT_OK)
         sys.stdout.flush()  # inside the try: a reader that left is handled below
