@@ -395,3 +395,81 @@ def test_robustness_means_within_both_intervals(setup, metric, ours, extra):
     )
     assert values.shape == (N,) and bool(torch.isfinite(values).all())
     within_both(values, theirs)
+
+
+SMOOTH = {"explain_func": quantus_explain, "explain_func_kwargs": {"method": "Saliency"}}
+# Quantus 0.6's SmoothMPRT explains with quantus.explain (captum) and ignores explain_func:
+# captum's Saliency summed over channels is input_gradient. Given no a_batch, it smooths the
+# original model's maps too (the paper's definition).
+
+
+def run_smooth(s, nr_samples):
+    metric = quantus.SmoothMPRT(
+        nr_samples=nr_samples, return_last_correlation=True, skip_layers=True, **Q
+    )
+    return np.asarray(
+        metric(s["qmodel"], s["xn"], s["yn"], a_batch=None, device="cpu", **SMOOTH), float
+    )
+
+
+def test_smooth_mprt_noise_free_per_sample(setup):
+    """One sample: Quantus's last (here only) smoothing input is the clean one: per sample."""
+    s = setup
+    theirs = run_smooth(s, 1)
+    ours = randomisation.smooth_model_parameter_randomisation(
+        s["model"], s["x"], s["grad"], s["y"], input_gradient, nr_samples=1, normalise=False
+    )
+    close(ours, theirs)
+    assert 0.0 < theirs.mean() < 0.9 and np.std(theirs) > 0.01
+
+
+def test_smooth_mprt_means_within_both_intervals(setup):
+    s = setup
+    np.random.seed(0)
+    theirs = run_smooth(s, 10)
+    ours = randomisation.smooth_model_parameter_randomisation(
+        s["model"], s["x"], s["grad"], s["y"], input_gradient, nr_samples=10, normalise=False
+    )
+    within_both(ours, theirs)
+    noise_free = randomisation.smooth_model_parameter_randomisation(
+        s["model"], s["x"], s["grad"], s["y"], input_gradient, nr_samples=1, normalise=False
+    )
+    assert not torch.allclose(ours, noise_free)  # the noise is really there
+
+
+def test_efficient_mprt_and_model_weighted_extra_scores(setup):
+    s = setup
+    metric = quantus.EfficientMPRT(compute_extra_scores=True, **Q)
+    theirs = run_quantus(metric, s, a="gn", explain_func=quantus_explain)
+    ours = randomisation.efficient_model_parameter_randomisation(
+        s["model"], s["x"], s["grad"], s["y"], input_gradient, return_extra_scores=True
+    )
+    close(ours["scores"], theirs)
+    for key, values in metric.scores_extra.items():
+        if key in ours:
+            close(ours[key], np.asarray(values, float))
+    assert set(ours) - {"scores"} <= set(metric.scores_extra)
+    assert np.std(theirs) > 0.01
+    plain = randomisation.efficient_model_parameter_randomisation(
+        s["model"], s["x"], s["grad"], s["y"], input_gradient
+    )
+    assert torch.equal(plain, ours["scores"])
+
+
+def test_smooth_mprt_per_layer_noise_free(setup):
+    s = setup
+    metric = quantus.SmoothMPRT(nr_samples=1, **Q)
+    theirs = metric(s["qmodel"], s["xn"], s["yn"], a_batch=None, device="cpu", **SMOOTH)
+    theirs.pop("original")
+    ours = randomisation.smooth_model_parameter_randomisation(
+        s["model"], s["x"], s["grad"], s["y"], input_gradient, nr_samples=1, normalise=False,
+        return_per_layer=True,
+    )  # fmt: skip
+    assert ["m." + name for name in ours] == list(theirs) and len(ours) > 2
+    for name, values in ours.items():
+        close(values, np.asarray(theirs["m." + name], float))
+    average = randomisation.smooth_model_parameter_randomisation(
+        s["model"], s["x"], s["grad"], s["y"], input_gradient, nr_samples=1, normalise=False,
+        return_average_correlation=True,
+    )  # fmt: skip
+    close(average, np.mean([np.asarray(v, float) for v in theirs.values()], 0))

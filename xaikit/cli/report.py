@@ -93,6 +93,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="activation-maximization steps per channel (default 64)",
     )
     parser.add_argument(
+        "--maco",
+        action="store_true",
+        help="also show MACO feature visualizations (with their transparency) of the atlas "
+        "layer's most active channels, --atlas-steps steps each",
+    )
+    parser.add_argument(
+        "--concepts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also show N DFF concepts of the atlas layer on the report's samples: exemplar "
+        "crops and per-class importance (default 0: none)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="A,B",
+        help="explanation-quality metrics for the evaluation section, comma-separated (as "
+        "`xaikit evaluate --metrics`): a methods x metrics table with ranks",
+    )
+    parser.add_argument(
         "--sequences",
         type=int,
         default=3,
@@ -177,6 +197,9 @@ def _run(args: argparse.Namespace) -> int:
         sanity=not args.no_sanity,
         atlas_channels=args.atlas_channels,
         atlas_steps=args.atlas_steps,
+        maco=args.maco,
+        concepts=args.concepts,
+        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None,
         sequences=args.sequences,
         data_options=options,
         title=args.title,

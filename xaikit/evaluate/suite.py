@@ -349,6 +349,20 @@ def _catalogue_scores(
     return out
 
 
+def check_metric_names(metrics: Sequence[str]) -> list[str]:
+    """The metric names, without duplicates, each one of the suite's or the catalogue's."""
+    from xaikit.evaluate.catalogue import CATALOGUE
+
+    selected = list(dict.fromkeys(metrics))
+    unknown = [m for m in selected if m not in CATALOGUE and m not in SUITE_METRICS]
+    if unknown or not selected:
+        raise XaikitConfigError(
+            f"unknown metric {unknown[0] if unknown else '(none given)'!r}; choose from "
+            f"{', '.join([*SUITE_METRICS, *CATALOGUE])}"
+        )
+    return selected
+
+
 def evaluate_methods(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -430,16 +444,8 @@ def evaluate_methods(
     names = [method_name(m) for m in listed] + list(baselines)
     if len(set(names)) != len(names):
         raise XaikitConfigError(f"methods must be distinct, got {names}")
-    selected = None if metrics is None else list(dict.fromkeys(metrics))
+    selected = None if metrics is None else check_metric_names(metrics)
     if selected is not None:
-        from xaikit.evaluate.catalogue import CATALOGUE
-
-        unknown = [m for m in selected if m not in CATALOGUE and m not in SUITE_METRICS]
-        if unknown or not selected:
-            raise XaikitConfigError(
-                f"unknown metric {unknown[0] if unknown else '(none given)'!r}; choose from "
-                f"{', '.join([*SUITE_METRICS, *CATALOGUE])}"
-            )
         sanity = False
     layer = layer_name(model, layer)
     x = model_inputs(inputs, normalization)

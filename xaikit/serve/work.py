@@ -234,7 +234,7 @@ def explain_view(
         },
         "prediction": prediction_summary(loaded, logits),
         "methods": rendered,
-        "colorbar": views.pixels_uri(views.colorbar_pixels(cmap)),
+        "colorbar": views.colorbar_uri(cmap),
         "cmap": cmap,
         "settings": dict(settings, target=_target_json(target)),
         "warnings": list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught)),

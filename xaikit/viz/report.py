@@ -12,7 +12,8 @@ The page holds, in sections with stable ids:
                 (name, probability, truth) for multi-label models; temporal heatmaps for
                 sequence models
 ``filters``     first-layer kernels and the filter atlas of one layer (kernel, activation
-                maximization, dataset exemplars per channel)
+                maximization, dataset exemplars per channel); opt-in, MACO feature
+                visualizations and DFF concepts of that layer
 ``recurrent``   LSTM gates and cell state over time, temporal heatmaps of a few sequences
 ``evaluation``  deletion / insertion AUC and pointing games next to random and Gaussian
                 baselines (direction arrows), sanity-check badges, figures, raw JSON
@@ -104,6 +105,13 @@ class ReportSettings:
         atlas_channels: channels shown in the atlas (the first ones of the layer).
         atlas_steps: activation-maximization steps per channel.
         exemplar_pool: test inputs searched for dataset exemplars.
+        maco: also show MACO feature visualizations (phase-only, with their transparency)
+            of the atlas layer's most active channels, ``atlas_steps`` steps each (opt-in).
+        concepts: also show this many DFF concepts of the atlas layer found on the
+            report's samples, with exemplar crops and per-class importance (0: off).
+        metrics: explanation-quality metrics of :data:`xaikit.evaluate.CATALOGUE` scored in
+            the evaluation section, shown as a methods x metrics table with ranks (``None``:
+            the deletion / insertion / pointing figures).
         sequences: sequences drawn in the recurrent section.
         cell_px: longest side of a gallery image, in pixels (larger inputs are downscaled).
         gallery_budget: bytes the gallery's images may take in the page; when the estimate
@@ -123,6 +131,9 @@ class ReportSettings:
     atlas_channels: int = 8
     atlas_steps: int = 64
     exemplar_pool: int = 256
+    maco: bool = False
+    concepts: int = 0
+    metrics: tuple[str, ...] | None = None
     sequences: int = 3
     cell_px: int = 96
     gallery_budget: int = GALLERY_BUDGET
@@ -137,6 +148,12 @@ class ReportSettings:
             raise XaikitConfigError("report setting eval_n must be at least 1")
         if self.atlas_steps < 0:
             raise XaikitConfigError("report setting atlas_steps must be >= 0")
+        if self.concepts < 0:
+            raise XaikitConfigError("report setting concepts must be >= 0 (0: no concepts)")
+        if self.metrics is not None:
+            from xaikit.evaluate.suite import check_metric_names
+
+            check_metric_names(self.metrics)
         if self.cell_px < 16:
             raise XaikitConfigError("report setting cell_px must be at least 16 pixels")
         if self.gallery_budget < 1:
@@ -856,6 +873,9 @@ def build_report(
     atlas_channels: int = 8,
     atlas_steps: int = 64,
     exemplar_pool: int = 256,
+    maco: bool = False,
+    concepts: int = 0,
+    metrics: Sequence[str] | None = None,
     sequences: int = 3,
     cell_px: int = 96,
     gallery_budget: int = GALLERY_BUDGET,
@@ -886,6 +906,11 @@ def build_report(
             :func:`xaikit.evaluate.evaluate_methods`).
         atlas_channels, atlas_steps, exemplar_pool: the filter atlas (see
             :func:`xaikit.filters.atlas`).
+        maco: add MACO feature visualizations of the atlas layer's most active channels
+            (:func:`xaikit.filters.maximize` with ``param="maco"``, ``atlas_steps`` steps).
+        concepts: add this many DFF concepts of the atlas layer on the report's samples
+            (:func:`xaikit.filters.concepts`), with exemplars and per-class importance.
+        metrics: catalogue metrics for the evaluation section's methods x metrics table.
         sequences: sequences drawn in the recurrent section.
         cell_px: longest side of a gallery image (larger inputs are downscaled).
         gallery_budget: bytes the gallery's images may take; above it they are downscaled
@@ -914,6 +939,9 @@ def build_report(
         atlas_channels=atlas_channels,
         atlas_steps=atlas_steps,
         exemplar_pool=exemplar_pool,
+        maco=maco,
+        concepts=concepts,
+        metrics=tuple(metrics) if metrics is not None else None,
         sequences=sequences,
         cell_px=cell_px,
         gallery_budget=gallery_budget,

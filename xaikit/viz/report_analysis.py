@@ -94,8 +94,116 @@ def report_atlas(ctx: ReportContext) -> Atlas:
     return ctx.cache["atlas"]
 
 
+def report_maco(ctx: ReportContext, layer: str) -> Any:
+    """MACO feature visualizations (:func:`xaikit.filters.maximize`, ``param="maco"``) of
+    the ``atlas_channels`` most active channels of ``layer`` on the pool, cached."""
+    if "maco" not in ctx.cache:
+        from xaikit.filters.maximize import maximize, most_active_channels
+
+        count = min(_channel_count(ctx, layer), ctx.settings.atlas_channels)
+        channels = most_active_channels(
+            ctx.model, layer, ctx.pool, count, normalization=ctx.normalization
+        )
+        ctx.cache["maco"] = maximize(
+            ctx.model,
+            layer,
+            channels,
+            steps=ctx.settings.atlas_steps,
+            param="maco",
+            seed=ctx.settings.seed,
+            normalization=ctx.normalization,
+            quiet=ctx.settings.is_quiet,
+        )
+    return ctx.cache["maco"]
+
+
+def concept_data(ctx: ReportContext) -> Any:
+    """The report's samples as :func:`xaikit.filters.concepts` takes them: with their labels
+    (class indices or multi-label vectors) when the model has one output per class, else
+    bare images (importance then follows the predictions)."""
+    if ctx.task in ("multiclass", "multilabel"):
+        return torch.utils.data.TensorDataset(ctx.inputs, ctx.targets)
+    return ctx.inputs
+
+
+def report_concepts(ctx: ReportContext, layer: str) -> Any:
+    """``settings.concepts`` DFF concepts of ``layer`` on the report's samples, cached."""
+    if "concepts" not in ctx.cache:
+        from xaikit.filters.concepts import concepts
+
+        ctx.cache["concepts"] = concepts(
+            ctx.model,
+            layer,
+            concept_data(ctx),
+            ctx.settings.concepts,
+            method="dff",
+            seed=ctx.settings.seed,
+            normalization=ctx.normalization,
+            quiet=ctx.settings.is_quiet,
+        )
+    return ctx.cache["concepts"]
+
+
+def _maco_part(ctx: ReportContext, layer: str) -> str:
+    from xaikit.errors import XaikitError
+
+    head = '<div id="filters-maco">\n<h3>MACO feature visualizations</h3>\n'
+    if ctx.kind != "image":
+        return head + '<p class="note">MACO is for image models (2-D convolutions).</p></div>'
+    try:
+        found = report_maco(ctx, layer)
+        png = figure_png(found.figure, dpi=72, max_width=900)
+    except XaikitError as err:
+        return head + f'<p class="bad">Not available: {escape(err)}</p></div>'
+    return (
+        head + f"<p>Channels {escape(', '.join(map(str, found.units)))} of "
+        f"<code>{escape(layer)}</code>, the most active on {ctx.pool.shape[0]} test inputs, "
+        f"each optimized for {found.steps} steps in phase only under a natural-image "
+        "spectrum (Fel et al., 2023); faded parts had little gradient (transparency).</p>\n"
+        f"<figure>{img(png, 'maco feature visualizations', css_class='zoomable')}</figure>\n"
+        "</div>"
+    )
+
+
+def _concept_class(ctx: ReportContext, cls: int) -> str:
+    return ctx.class_names[cls] if 0 <= cls < len(ctx.class_names) else str(cls)
+
+
+def _concepts_part(ctx: ReportContext, layer: str) -> str:
+    from xaikit.errors import XaikitError
+
+    head = '<div id="filters-concepts">\n<h3>Concepts (DFF)</h3>\n'
+    if ctx.kind != "image":
+        return head + '<p class="note">Concepts are for image models.</p></div>'
+    try:
+        bank = report_concepts(ctx, layer)
+        png = figure_png(bank.figure, dpi=72, max_width=900)
+    except XaikitError as err:
+        return head + f'<p class="bad">Not available: {escape(err)}</p></div>'
+    parts = [
+        f"<p>{bank.n_concepts} concepts of <code>{escape(bank.layer)}</code>: a non-negative "
+        f"factorization of its activations at every position of the report's "
+        f"{ctx.inputs.shape[0]} samples (seed {bank.seed}); each row shows the crops where "
+        "the concept is strongest.</p>",
+        f"<figure>{img(png, 'concept exemplars', css_class='zoomable')}</figure>",
+    ]
+    if bank.importance is not None and bank.importance.numel():
+        header = ["concept", *(_concept_class(ctx, c) for c in bank.classes)]
+        rows = [
+            [f"c{j}", *(fmt(float(bank.importance[i, j]), 4) for i in range(len(bank.classes)))]
+            for j in range(bank.n_concepts)
+        ]
+        parts.append(
+            "<p>Importance per class (total Sobol index: how much the class score depends on "
+            "the concept):</p>\n" + table(header, rows, css_class="num concept-importance")
+        )
+    return head + "\n".join(parts) + "\n</div>"
+
+
 def filters_section(ctx: ReportContext) -> Section:
-    """First-layer kernels and the filter atlas (CNNs); a pointer for recurrent models."""
+    """First-layer kernels and the filter atlas (CNNs); a pointer for recurrent models.
+    Opt-in (``settings.maco`` / ``settings.concepts``): MACO images and DFF concepts of the
+    atlas layer."""
     if ctx.kind == "sequence":
         return Section(
             "filters",
@@ -122,6 +230,10 @@ def filters_section(ctx: ReportContext) -> Section:
         parts.append(f"<figure>{img(png, 'signal atlas', css_class='zoomable')}</figure>")
     else:
         parts.append(found.html())
+    if ctx.settings.maco:
+        parts.append(_maco_part(ctx, found.layer))
+    if ctx.settings.concepts:
+        parts.append(_concepts_part(ctx, found.layer))
     return Section("filters", "Filters", "\n".join(parts))
 
 
@@ -211,6 +323,8 @@ def run_evaluation(ctx: ReportContext) -> EvaluationReport:
             normalization=ctx.normalization,
             class_names=ctx.class_names,
             quiet=ctx.settings.is_quiet,
+            # Catalogue / suite metric names: then a methods x metrics comparison (no sanity).
+            metrics=getattr(ctx.settings, "metrics", None) or None,
         )
     return ctx.cache["evaluation"]
 
@@ -307,6 +421,64 @@ def _per_class_table(report: EvaluationReport) -> str:
     )
 
 
+def _exact(value: Any) -> str:
+    """A cell's exact number for ``data-*`` attributes (``""`` for None / NaN)."""
+    if value is None or not math.isfinite(float(value)):
+        return ""
+    return repr(float(value))
+
+
+def comparison_html(report: EvaluationReport) -> str:
+    """:meth:`~xaikit.evaluate.EvaluationReport.comparison` as an HTML table: one row per
+    metric (title and direction arrow), one column per method, each cell ``mean (rank)`` (rank
+    1 the best with the metric's direction applied, ties averaged; bold: the best rank; ``-``:
+    unranked), the last row each method's mean rank. Each cell also holds the exact values in
+    ``data-mean`` / ``data-rank`` (``data-mean-rank`` in the last row). All text is escaped."""
+    view = report.comparison()
+    methods = report.methods
+    baselines = _baselines(report)
+    header = "<tr><th>metric</th>" + "".join(
+        f"<th>{escape(m)}{' (baseline)' if m in baselines else ''}</th>" for m in methods
+    )
+    rows = []
+    for metric in view["metrics"]:
+        info = METRICS.get(metric)
+        title = f"{info.title} {info.arrow}" if info is not None else metric
+        tip = info.description if info is not None else metric
+        ranks = [view["methods"][m]["ranks"][metric] for m in methods]
+        best = min((r for r in ranks if r is not None), default=None)
+        cells = []
+        for method, rank in zip(methods, ranks):
+            mean = view["methods"][method]["means"][metric]
+            entry = report.scores[method].get(metric, {})
+            text = "-" if rank is None else f"{fmt(float(mean))} ({rank:g})"
+            hover = f"mean {fmt(mean)} ± {fmt(entry.get('std'))} over {entry.get('n', 0)}"
+            ci = entry.get("ci95")
+            if ci is not None and len(ci) == 2:
+                hover += f"; 95 % CI [{fmt(ci[0])}, {fmt(ci[1])}]"
+            css = ' class="best"' if rank is not None and rank == best else ""
+            cells.append(
+                f'<td{css} data-method="{escape(method)}" data-metric="{escape(metric)}" '
+                f'data-mean="{_exact(mean)}" data-rank="{_exact(rank)}" '
+                f'title="{escape(hover)}">{escape(text)}</td>'
+            )
+        rows.append(f'<tr><th title="{escape(tip)}">{escape(title)}</th>{"".join(cells)}</tr>')
+    mean_ranks = [view["methods"][m]["mean_rank"] for m in methods]
+    cells = [
+        f'<td data-method="{escape(m)}" data-mean-rank="{_exact(r)}">'
+        f"{'-' if r is None else escape(fmt(float(r), 2))}</td>"
+        for m, r in zip(methods, mean_ranks)
+    ]
+    rows.append(f"<tr><th>mean rank ↓</th>{''.join(cells)}</tr>")
+    return (
+        '<table class="num comparison">\n<thead>'
+        + header
+        + "</tr></thead>\n<tbody>\n"
+        + "\n".join(rows)
+        + "\n</tbody></table>"
+    )
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -343,13 +515,24 @@ def _image_evaluation(ctx: ReportContext) -> str:
         "↑ higher is better, "
         "↓ lower is better; bold: best column; ✓ / ✗: better / not better than every baseline "
         "(random and centred-Gaussian maps). Hover a value for its spread.</p>",
-        _score_table(report),
     ]
+    suite_figures = any(m in report.scores[x] for x in report.methods for m in SCORE_METRICS)
+    if suite_figures:
+        parts.append(_score_table(report))
+    if settings.get("metrics") is not None:
+        parts.append(
+            "<h3>Methods x metrics</h3>\n<p>The chosen metrics "
+            f"({escape(', '.join(settings['metrics']))}): each cell is the mean over the samples "
+            "and, in brackets, the method's rank for that metric (1 = best, the metric's "
+            "direction applied, ties averaged; bold: best). Hover a value for its spread and "
+            "95 % interval.</p>\n" + comparison_html(report)
+        )
     if report.sanity:
         parts.append("<h3>Sanity checks (Adebayo et al., 2018)</h3>\n" + _sanity_table(report))
     parts.append(_per_class_table(report))
-    png = figure_png(evaluation_figure(report), dpi=72, max_width=1100)
-    parts.append(f"<figure>{img(png, 'evaluation figure')}</figure>")
+    if suite_figures:
+        png = figure_png(evaluation_figure(report), dpi=72, max_width=1100)
+        parts.append(f"<figure>{img(png, 'evaluation figure')}</figure>")
     cascade = cascade_figure(report)
     if cascade is not None:
         png = figure_png(cascade, dpi=72, max_width=800)
