@@ -238,6 +238,23 @@ ZOO_FORMULAS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def is_bare_name(name_or_path: str | os.PathLike[str]) -> bool:
+    """True for a plain name such as ``"digits-cnn"``: no path separator and no suffix.
+
+    Only such a name can mean a reference model; ``"./digits-cnn"``, ``"dir/m"`` and
+    ``"m.safetensors"`` are always paths. The test is on the text: ``Path("./m")`` prints as
+    ``"m"``, so it is a bare name too.
+    """
+    text = os.fspath(name_or_path)
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return (
+        bool(text)
+        and text not in (".", "..")
+        and not any(sep in text for sep in separators)
+        and Path(text).suffix == ""
+    )
+
+
 def _card_of(spec: str) -> tuple[Path, Path] | None:
     """``(weights, card)`` paths a checkpoint path would load, as
     :func:`xaikit.zoo.checkpoint.resolve_checkpoint` finds them; ``None`` when unsure."""
@@ -261,9 +278,14 @@ def precheck_checkpoint(spec: str) -> None:
     does not read) is left to the full loader, which checks it again and reports it."""
     if not spec or spec.startswith(("torchvision:", "timm:")):
         return
-    if os.sep not in spec and "/" not in spec and not Path(spec).exists():
-        return  # a bare reference model name: the shipped models are within the limits
-    found = _card_of(spec)
+    found = None
+    if is_bare_name(spec):  # a reference model first, whatever the current folder holds
+        folder = os.environ.get("XAIKIT_MODELS_DIR") or Path(__file__).resolve().parent / "models"
+        shipped = Path(folder) / f"{spec}.safetensors"
+        if shipped.exists():
+            found = (shipped, shipped.with_suffix(".json"))
+    if found is None:
+        found = _card_of(spec)
     if found is None:
         return
     weights, card_path = found

@@ -392,8 +392,9 @@ def read_limited(
     return b"".join(chunks)
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+# Unrolled, without possessive quantifiers (Python 3.11+ only): no runaway backtracking either.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 def json_too_deep(text: str, limit: int) -> bool:

@@ -233,3 +233,18 @@ def _peak_rss(command: list[str], env: dict[str, str]) -> tuple[int, str, int]:
         timeout=120,
     )
     return proc.returncode, proc.stderr, int(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_early_check_follows_the_loaders_bare_name_rule(tmp_path, monkeypatch) -> None:
+    """A bare name is the reference model whatever the folder holds (as `load_model`); a
+    bare name that is no reference model is a path and is checked."""
+    from xaikit._model_limits import precheck_checkpoint
+
+    huge = _planted(tmp_path / "here", widths=[16, 35000, 35000])
+    monkeypatch.chdir(tmp_path / "here")
+    huge.rename("digits-cnn")
+    precheck_checkpoint("digits-cnn")  # the shipped model, within the limits
+    assert xaikit.load_model("digits-cnn")[1]["architecture"] != ""
+    (tmp_path / "here" / "digits-cnn").rename("mine")
+    with pytest.raises(CheckpointError, match="parameters"):
+        precheck_checkpoint("mine")

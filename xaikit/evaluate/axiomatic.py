@@ -126,8 +126,8 @@ def input_invariance(
     same function, so gradient-based methods see the same thing."""
     x, targets = on_device(model, x, targets)
     a = as_maps(x, attributions).to(x.dtype)
-    shifted = _Shifted(model, input_shift).eval()
-    with borrowed(model):
+    with borrowed(model):  # eval mode, restored after (the wrapper must not change it first)
+        shifted = _Shifted(model, input_shift)
         ap = as_maps(x, explain_fn(shifted, x + input_shift, targets).detach()).to(x.dtype)
     close = torch.isclose(a, ap, atol=atol, rtol=1e-5)
     return close.reshape(x.shape[0], -1).all(1).to(x.dtype)

@@ -547,7 +547,11 @@ def irof(
     curve = torch.where(valid, curve, torch.zeros_like(curve))
     if return_curve:
         return curve
-    area = torch.trapezoid(curve.double(), dx=1.0, dim=1)
+    # The trapezoid area over each image's own segments: the zeros padded past an image with
+    # fewer segments than the batch's most must not add half its last point.
+    c = curve.double()
+    last = c.gather(1, (counts - 1)[:, None])[:, 0]
+    area = c.sum(1) - 0.5 * (c[:, 0] + last)
     return (counts.double() - area).to(x.dtype)
 
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaikit.errors import XaikitConfigError
-from xaikit.evaluate._batched import as_maps, on_device, preprocess, spearman_rows
+from xaikit.evaluate._batched import as_maps, on_device, predict, preprocess, spearman_rows
+from xaikit.evaluate._common import num_outputs
 
 ModelExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -185,12 +186,10 @@ def _histogram_entropy(a: torch.Tensor, bins: int) -> torch.Tensor:
 def _output_entropy(model: nn.Module, x: torch.Tensor, softmax: bool, batch_size) -> torch.Tensor:
     """Shannon entropy (nats) of each sample's model output (softmax probabilities by default),
     Quantus's ``entropy`` of the prediction: the model complexity of eMPRT's extra scores."""
-    rows = max(1, int(batch_size or x.shape[0]))
-    with torch.no_grad():
-        out = torch.cat([model(x[s : s + rows]) for s in range(0, x.shape[0], rows)])
+    out = predict(model, x, softmax=softmax, batch_size=batch_size)  # borrowed, in chunks
     out = out.reshape(out.shape[0], -1).double()
     if softmax:
-        out = out.softmax(1)
+        pass
     elif bool((out < 0).any()):
         raise XaikitConfigError("the model complexity needs non-negative outputs: use softmax")
     p = out / out.abs().sum(1, keepdim=True)
@@ -311,8 +310,7 @@ def random_logit(
     x, targets = on_device(model, x, targets)
     n = x.shape[0]
     if num_classes is None:
-        with torch.no_grad():
-            num_classes = int(model(x[:1]).shape[-1])
+        num_classes = num_outputs(model, x)  # in eval mode, the model's state restored
     a = preprocess(as_maps(x, attributions).to(x.dtype), normalise=normalise, absolute=abs)
     off = off_classes(targets, num_classes, seed)
     ap = _explain(explain_fn, model, x, off, normalise, abs, batch_size)

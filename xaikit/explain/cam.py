@@ -159,10 +159,6 @@ def eigen_project(contributions: torch.Tensor) -> torch.Tensor:
     return first_component(flat).to(contributions.dtype).reshape(n, k, *spatial)
 
 
-def _channel_view(activations: torch.Tensor) -> tuple[int, ...]:
-    return (activations.shape[0], 1, activations.shape[1]) + (1,) * (activations.dim() - 2)
-
-
 def eigengradcam_map(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """Eigen-Grad-CAM (pytorch-grad-cam's ``EigenGradCAM``): Eigen-CAM (Muhammad & Yeasin,
     2020) on the gradient-weighted activations ``G * A`` instead of ``A``: per input and
@@ -186,9 +182,8 @@ def gradcam_elementwise_map(activations: torch.Tensor, gradients: torch.Tensor) 
     return elementwise_contributions(activations, gradients).sum(dim=2)
 
 
-#: KPCA-CAM's defaults, those of pytorch-grad-cam's ``KPCA_CAM`` (scikit-learn's
-#: ``KernelPCA(kernel="sigmoid", gamma=None, coef0=1)``).
-KPCA_KERNEL = "sigmoid"
+#: KPCA-CAM's offset, that of pytorch-grad-cam's ``KPCA_CAM`` (scikit-learn's
+#: ``KernelPCA(kernel="sigmoid", gamma=None, coef0=1)``; the sigmoid kernel is tanh).
 KPCA_COEF0 = 1.0
 
 
@@ -534,9 +529,6 @@ CAM_METHODS: dict[str, CamMethod] = {
         ),
     )
 }
-
-#: Options every CAM method takes (see :mod:`xaikit.explain.cam_options`).
-COMMON_OPTIONS = ("aug_smooth", "eigen_smooth", "fuse")
 
 
 def register_cam_method(method: CamMethod) -> None:

@@ -122,21 +122,29 @@ def ablation_weights(
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
         return replace_first(output, state["batch"])
 
+    # Chunks never span two inputs: with one row run before the layer, a tensor from before
+    # it that is read after it (a residual branch) has batch 1 and broadcasts over the chunk,
+    # which is right only when every row of the chunk is the same input.
+    chunks = [
+        (start, min(start + batch_size, (i + 1) * c))
+        for i in range(n)
+        for start in range(i * c, (i + 1) * c, batch_size)
+    ]
     handle = module.register_forward_hook(hook)
     try:
         with (
             torch.no_grad(),
             tqdm(
-                total=-(-total // batch_size),
+                total=len(chunks),
                 desc=f"ablation-cam ({total} ablations)",
                 unit="batch",
                 disable=True if _quiet(quiet) else None,
                 leave=False,
             ) as bar,
         ):
-            for start in range(0, total, batch_size):
-                rows = rows_all[start : start + batch_size]
-                chans = chans_all[start : start + batch_size]
+            for start, stop in chunks:
+                rows = rows_all[start:stop]
+                chans = chans_all[start:stop]
                 m = rows.shape[0]
                 batch = native.index_select(0, rows).clone()
                 moved = batch.movedim(axis, 1)  # a view: (M, C, ...)
@@ -152,6 +160,8 @@ def ablation_weights(
                     first = rows[:1]
                     try:
                         output = call(x.index_select(0, first), first)
+                    except torch.OutOfMemoryError:
+                        raise  # running every row would need more memory, not less
                     except RuntimeError:
                         # The network after the layer reads the input's batch size (a
                         # reshape by x.shape[0]): run every row from now on.

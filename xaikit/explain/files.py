@@ -1059,6 +1059,16 @@ def explain_files(
             )
     method_options = dict(options or {})
     route_options(check_methods(methods), method_options)  # an unknown option: refused now
+    if normalization is not None and "normalization" not in method_options:
+        # The inputs are normalized before the call; methods that place a baseline or bounds
+        # in pixel space (IG's black image, LRP's z-box) need to know how, whichever methods
+        # come along, so every method that takes the card's normalization gets it.
+        with_card = {**method_options, "normalization": dict(normalization)}
+        try:
+            route_options(check_methods(methods), with_card)
+            method_options = with_card
+        except XaikitConfigError:
+            pass  # none of these methods takes a normalization
     sources = collect_images(inputs, exclude=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = dict(model_info or {})
@@ -1081,8 +1091,8 @@ def explain_files(
         "figures": figures,
         "sign": sign,
     }
-    if method_options:  # only when given, so the settings of earlier runs still match
-        settings["options"] = method_options
+    if options:  # only when given, so the settings of earlier runs still match
+        settings["options"] = dict(options)  # the card's normalization is recorded above
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     header = json_safe({"kind": "run", "settings": settings, "xaikit_version": __version__})
     results_path = out_dir / RESULTS

@@ -56,13 +56,11 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from captum.attr import (
-    GradientAttribution,
     InputXGradient,
     IntegratedGradients,
     Occlusion,
     Saliency,
 )
-from captum.log import log_usage
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
@@ -488,31 +486,6 @@ def seeded_global_rng(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=[0], device_type=device.type):  # one device (mps)
         backend.manual_seed(seed)
         yield
-
-
-class _MultiTargetSaliency(GradientAttribution):
-    """captum attribution ``|d forward(x)[r, targets[r, k]] / d x[r]|`` -> ``(R, K, C, *S)``.
-
-    The inner method of SmoothGrad's :class:`~captum.attr.NoiseTunnel`: all K targets of a
-    noisy copy share its noise and one forward pass (NoiseTunnel averages any attribution
-    shape over the samples).
-    """
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Tensor,
-        target: Tensor,
-        additional_forward_args: tuple[Any, ...] = (),
-    ) -> Tensor:
-        target = target.reshape(-1, target.shape[-1]) if target.dim() else target.reshape(1, 1)
-        if target.shape[0] != inputs.shape[0]:
-            target = target.expand(inputs.shape[0], -1)
-
-        def forward(x: Tensor) -> Tensor:
-            return self.forward_func(x, *additional_forward_args)
-
-        return _input_gradients(forward, inputs, target).abs()
 
 
 def smoothgrad(

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from xaikit._model_limits import is_bare_name
 from xaikit._version import __version__
 from xaikit.errors import CheckpointError, XaikitConfigError
 from xaikit.io import atomic_path, atomic_write_json, check_regular_file, read_document
@@ -233,23 +234,6 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         return load_file(str(weights_path))
     except (SafetensorError, ValueError, OSError, RuntimeError) as err:
         raise CheckpointError(f"{weights_path}: corrupt or truncated safetensors ({err})") from None
-
-
-def is_bare_name(name_or_path: str | os.PathLike[str]) -> bool:
-    """True for a plain name such as ``"digits-cnn"``: no path separator and no suffix.
-
-    Only such a name can mean a reference model; ``"./digits-cnn"``, ``"dir/m"`` and
-    ``"m.safetensors"`` are always paths. The test is on the text: ``Path("./m")`` prints as
-    ``"m"``, so it is a bare name too.
-    """
-    text = os.fspath(name_or_path)
-    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
-    return (
-        bool(text)
-        and text not in (".", "..")
-        and not any(sep in text for sep in separators)
-        and Path(text).suffix == ""
-    )
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
