@@ -169,3 +169,37 @@ def test_unknown_metric_and_missing_inputs_are_config_errors(bar_model, bar_test
         run_metric("localisation_auc", None, images, images[:, 0], torch.zeros(2).long())
     with pytest.raises(XaikitConfigError, match="re-explains"):
         run_metric("max_sensitivity", bar_model, images, images[:, 0], torch.zeros(2).long())
+
+
+def test_a_changed_prediction_marks_the_draw_nan_and_only_that_draw():
+    """``return_nan_when_prediction_changes``: a draw whose predicted class differs from the
+    clean input's is NaN; with the flag off the same draws give finite values."""
+    from xaikit.evaluate.robustness import avg_sensitivity, max_sensitivity
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([0.0, 0.0]))
+        model[1].weight[0, 0] = 1.0  # class 0 iff pixel 0 > 0: noise of 0.5 flips it
+    x = torch.zeros(2, 3, 2, 2)
+    x[0, 0, 0, 0] = 5.0  # far from the boundary: never flips
+    x[1, 0, 0, 0] = 0.01  # at the boundary: flips on about half the draws
+    targets = torch.zeros(2, dtype=torch.long)
+    maps = torch.rand(2, 2, 2) + 0.1
+
+    def explain_fn(xp, t):
+        return maps[: xp.shape[0]] + xp[:, 0] * 0.1
+
+    kwargs = {"nr_samples": 16, "lower_bound": 0.5, "seed": 3}
+    flagged = avg_sensitivity(
+        model, x, maps, targets, explain_fn, return_nan_when_prediction_changes=True, **kwargs
+    )
+    plain = avg_sensitivity(model, x, maps, targets, explain_fn, **kwargs)
+    assert torch.isfinite(flagged[0]) and torch.isnan(flagged[1])
+    assert torch.isfinite(plain).all()
+    assert float(flagged[0]) == pytest.approx(float(plain[0]))
+    worst = max_sensitivity(
+        model, x, maps, targets, explain_fn, return_nan_when_prediction_changes=True, **kwargs
+    )
+    assert torch.isfinite(worst[0]) and torch.isnan(worst[1])

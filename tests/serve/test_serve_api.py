@@ -481,3 +481,14 @@ def test_stochastic_methods_are_seeded_so_a_permalink_gives_the_same_map(client,
         json={"model": "shapes-multiclass", "upload": uploaded["image"], "seed": "x"},
     )
     assert bad.status_code == 400 and "seed must be an int" in bad.json()["error"]
+
+
+def test_a_download_named_in_any_script_is_an_ascii_file_name(client):
+    payload = {"model": "shapes-multiclass", "item": 0, "methods": ["gradcam"]}
+    result = run_job(client, "/api/explain", payload)["result"]
+    response = client.get(
+        "/api/download", params={"key": result["key"], "kind": "json", "method": "日本", "k": 0}
+    )
+    assert response.status_code == 200, response.text  # was a 500: a non-latin-1 header
+    disposition = response.headers["content-disposition"]
+    assert disposition.isascii() and "shapes-multiclass-__-0" in disposition

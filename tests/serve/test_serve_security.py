@@ -142,3 +142,13 @@ def test_other_sites_cannot_start_work(client):
         "/api/explain", content=json.dumps(payload), headers={"Content-Type": "text/plain"}
     )
     assert plain.status_code == 415
+
+
+def test_an_oversized_json_body_is_413_before_it_is_read(client):
+    from xaikit.serve.app import MAX_JSON_BYTES
+
+    big = b'{"model": "' + b"x" * (MAX_JSON_BYTES + 10) + b'"}'
+    response = client.post(
+        "/api/explain", content=big, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413 and "too large" in response.json()["error"]

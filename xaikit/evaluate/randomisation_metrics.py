@@ -59,7 +59,10 @@ def randomised_layers(
     for name, module in modules:
         if order == "independent":
             randomised.load_state_dict(original)
-        with torch.random.fork_rng(devices=[]):
+        # manual_seed reseeds every CUDA device too: fork the one the copy lives on as well.
+        device = next(module.parameters(), torch.empty(0)).device
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(seed + 1)
             module.reset_parameters()
         yield name, randomised

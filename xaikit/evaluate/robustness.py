@@ -76,10 +76,13 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).double().norm(dim=1)
 
 
-def _changed(model: nn.Module, x: torch.Tensor, xp: torch.Tensor, rows) -> torch.Tensor:
-    before = predict(model, x, softmax=False, batch_size=rows).argmax(-1)
-    after = predict(model, xp, softmax=False, batch_size=rows).argmax(-1)
-    return before != after
+def _predicted(model: nn.Module, x: torch.Tensor, rows, wanted: bool) -> torch.Tensor | None:
+    """The clean inputs' predicted classes, once per metric call (``None`` when unused)."""
+    return predict(model, x, softmax=False, batch_size=rows).argmax(-1) if wanted else None
+
+
+def _changed(model: nn.Module, before: torch.Tensor, xp: torch.Tensor, rows) -> torch.Tensor:
+    return before != predict(model, xp, softmax=False, batch_size=rows).argmax(-1)
 
 
 def _prepare(model, x, attributions, targets, normalise, absolute):
@@ -96,6 +99,7 @@ def _sensitivity(
     low, high = (-lower_bound, lower_bound) if upper_bound is None else (lower_bound, upper_bound)
     values = []
     denominator = _norm(a)
+    before = _predicted(model, x, batch_size, return_nan_when_prediction_changes)
     for xp, ap in _draws(
         x, targets, explain_fn, nr_samples, noise="uniform", low=low, high=high, seed=seed,
         normalise=normalise, absolute=abs, batch_size=batch_size, quiet=quiet,
@@ -103,7 +107,7 @@ def _sensitivity(
     ):  # fmt: skip
         value = _norm(a - ap) / denominator
         if return_nan_when_prediction_changes:
-            value = torch.where(_changed(model, x, xp, batch_size), torch.nan, value)
+            value = torch.where(_changed(model, before, xp, batch_size), torch.nan, value)
         values.append(value)
     stacked = torch.stack(values, 1)
     if reduce == "max":
@@ -196,6 +200,7 @@ def local_lipschitz_estimate(
     ``nr_samples`` inputs with N(mean, std) noise. Lower is better, >= 0."""
     x, a, targets = _prepare(model, x, attributions, targets, normalise, abs)
     values = []
+    before = _predicted(model, x, batch_size, return_nan_when_prediction_changes)
     for xp, ap in _draws(
         x, targets, explain_fn, nr_samples, noise="gaussian", low=perturb_mean,
         high=perturb_std, seed=seed, normalise=normalise, absolute=abs,
@@ -203,7 +208,7 @@ def local_lipschitz_estimate(
     ):  # fmt: skip
         value = _norm(a - ap) / (_norm(x - xp) + 1e-10)
         if return_nan_when_prediction_changes:
-            value = torch.where(_changed(model, x, xp, batch_size), torch.nan, value)
+            value = torch.where(_changed(model, before, xp, batch_size), torch.nan, value)
         values.append(value)
     stacked = torch.stack(values, 1)
     out = stacked.amax(1) if return_nan_when_prediction_changes else _nanmax(stacked)
@@ -225,6 +230,7 @@ def _relative_stability(
     elif kind == "representation":
         ref = _representations(model, x, layers, batch_size)
     values = []
+    before = _predicted(model, x, batch_size, return_nan_when_prediction_changes)
     for xp, ap in _draws(
         x, targets, explain_fn, nr_samples, noise="uniform", low=lower_bound,
         high=upper_bound, seed=seed, normalise=normalise, absolute=abs,
@@ -241,7 +247,7 @@ def _relative_stability(
         denominator = denominator + (denominator == 0) * eps_min
         value = numerator / denominator
         if return_nan_when_prediction_changes:
-            value = torch.where(_changed(model, x, xp, batch_size), torch.nan, value)
+            value = torch.where(_changed(model, before, xp, batch_size), torch.nan, value)
         values.append(value)
     return torch.stack(values, 1).amax(1).to(x.dtype)
 

@@ -300,9 +300,14 @@ def create_app(
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise ApiError(415, "send the request as application/json")
-        body = await request.body()
-        if len(body) > MAX_JSON_BYTES:
-            raise ApiError(413, "request body too large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+            raise ApiError(413, "request body too large")  # refused before it is read
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > MAX_JSON_BYTES:
+                raise ApiError(413, "request body too large")
         try:
             value = json.loads(body or b"{}")
         except ValueError:
@@ -460,7 +465,8 @@ def create_app(
         if result is None:
             raise ApiError(404, "that result is no longer cached; compute it again")
         stem = f"{result.public.get('model', 'view')}-{method or 'view'}-{k}"
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)
+        # ASCII only: the name goes into a Content-Disposition header (latin-1 on the wire).
+        stem = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "_" for ch in stem)
         if kind == "json":
             payload = {
                 "request": result.extra.get("request"),
