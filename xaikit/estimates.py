@@ -191,6 +191,33 @@ def maximize_estimate(
     )
 
 
+def concepts_estimate(
+    n_concepts: int,
+    images: int,
+    batch_size: int,
+    steps: int,
+    side: int,
+    *,
+    in_channels: int = 3,
+    seconds_per_batch: float | None = None,
+    seconds_per_step: float | None = None,
+) -> Estimate:
+    """``xaikit filters --mode concepts``: the bank (two files), its figure, one exemplar
+    grid per concept, ``index.json`` and the run record. ``seconds_per_batch``: the probe's
+    time for one forward and backward pass of a batch (the activation pass over the images
+    and the importance estimate are a few such passes per batch); ``seconds_per_step``: one
+    maximization step of all concepts (``steps`` of them)."""
+    pixels = side * side * in_channels
+    size = n_concepts * (8 * pixels + 4096) + 2 * FIGURE_BYTES
+    seconds = None
+    if seconds_per_batch is not None:
+        batches = -(-images // max(1, batch_size))
+        seconds = 3 * batches * seconds_per_batch + steps * (seconds_per_step or 0.0)
+    return Estimate(
+        "concepts", n_concepts, "concepts", steps or None, n_concepts + 5, size, seconds
+    )
+
+
 def scorecam_batches(
     images: int, channels: int, batch_size: int, image_batch: int | None = None
 ) -> int:

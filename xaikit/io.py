@@ -172,6 +172,13 @@ def check_out(path: str | os.PathLike[str], *, file: bool = False) -> Path:
         raise XaikitConfigError(f"--out {target} cannot be created: {probe} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise XaikitConfigError(f"--out {target} cannot be written: no permission in {probe}")
+    from xaikit.distributed import current
+
+    group = current()
+    if group.distributed and not group.is_main:
+        # Under torchrun rank 0 makes the real try: another rank's probe folder, made and
+        # removed, could remove the folder rank 0 has just created.
+        return target
     try:  # a real try (root passes os.access, /proc and read-only mounts do not)
         if missing is not None:
             with contextlib.suppress(FileExistsError):  # another process made it meanwhile
@@ -211,8 +218,16 @@ def lock_out(path: str | os.PathLike[str], command: str) -> Iterator[Path]:
     import socket
     import sys
 
+    from xaikit.distributed import current
     from xaikit.errors import XaikitConfigError
 
+    group = current()
+    if group.distributed and not group.is_main:
+        # Under torchrun rank 0 holds the lock for the run; the others wait until it has it
+        # (or learn that it could not take it) before they write anything.
+        group.agree()  # rank 0 has made the folder
+        yield Path(path)
+        return
     folder = check_out(path)
     created = not folder.exists()
     try:
@@ -222,6 +237,8 @@ def lock_out(path: str | os.PathLike[str], command: str) -> Iterator[Path]:
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory lock
+        if group.distributed:
+            group.agree()
         yield folder
         return
     lock = folder / LOCK_NAME
@@ -257,6 +274,8 @@ def lock_out(path: str | os.PathLike[str], command: str) -> Iterator[Path]:
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+        if group.distributed:
+            group.agree()  # the other ranks may start: the folder is this run's
         yield folder
     finally:
         with contextlib.suppress(OSError):

@@ -70,6 +70,101 @@ def test_accentuation_stays_near_the_image_and_raises_the_channel(striped):
     assert result.summary()[0]["distance"] == pytest.approx(float(result.distance[0]))
 
 
+def _cli_setup(tmp_path, monkeypatch, striped):
+    """The striped model as a checkpoint and its images as the ``striped`` data set."""
+    from xaikit import cli
+    from xaikit.cli import filters as filters_command
+    from xaikit.data import TensorDataset
+    from xaikit.zoo.checkpoint import save_model
+
+    model, images, labels, norm = striped
+    checkpoint = save_model(model, tmp_path / "model", input_shape=[3, 16, 16], normalization=norm)
+    dataset = TensorDataset(
+        images[:8],
+        labels[:8],
+        name="striped",
+        split="test",
+        classes=["h", "v", "d"],
+        task="multiclass",
+        input_kind="image",
+    )
+    monkeypatch.setattr(filters_command, "load", lambda name, split="train", **o: dataset)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["filters"])
+    return cli, checkpoint
+
+
+def _accentuate_argv(checkpoint, out, *extra):
+    return [
+        "filters",
+        "--model",
+        str(checkpoint),
+        "--mode",
+        "accentuate",
+        "--data",
+        "striped",
+        "--layer",
+        BLOCK2,
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--batch-size",
+        "1",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_an_interrupted_accentuation_resumes_with_only_the_missing_renders(
+    tmp_path, monkeypatch, striped
+):
+    import json
+
+    from xaikit.filters.accentuation_runs import JOURNAL
+
+    cli, checkpoint = _cli_setup(tmp_path, monkeypatch, striped)
+    out = tmp_path / "out"
+    argv = _accentuate_argv(checkpoint, out, "--n", "3")
+    assert cli.main(argv) == 0
+    names = [
+        f"accentuate/{r:04d}_channel_{u:04d}.npy"
+        for r, u in enumerate(
+            row["unit"] for row in json.loads((out / "index.json").read_text())["channels"]
+        )
+    ]
+    before = {name: (out / name).read_bytes() for name in names}
+    # as a kill after the first render leaves it: one record, the others' files gone
+    lines = (out / JOURNAL).read_text().splitlines()
+    assert len(lines) == 1 + 3
+    (out / JOURNAL).write_text("\n".join(lines[:2]) + "\n")
+    for name in names[1:]:
+        (out / name).unlink()
+    kept = (out / names[0]).stat().st_mtime_ns
+    calls = []
+    import xaikit.filters.accentuation_runs as runs
+
+    real = runs.maximize
+    monkeypatch.setattr(runs, "maximize", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    assert cli.main([*argv, "--resume"]) == 0
+    assert len(calls) == 2  # rows 1 and 2 rendered again, row 0 kept
+    assert (out / names[0]).stat().st_mtime_ns == kept
+    assert {name: (out / name).read_bytes() for name in names} == before  # the same images
+    # a resume with other settings is refused
+    assert cli.main([*_accentuate_argv(checkpoint, out, "--n", "2"), "--resume"]) == 2
+
+
+def test_an_accentuation_over_the_limits_is_refused(tmp_path, monkeypatch, striped, capsys):
+    cli, checkpoint = _cli_setup(tmp_path, monkeypatch, striped)
+    monkeypatch.setenv("XAIKIT_LIMIT_FILES", "4")
+    out = tmp_path / "out"
+    assert cli.main(_accentuate_argv(checkpoint, out, "--n", "3")) == 2
+    err = capsys.readouterr().err
+    assert "accentuate: 3 channels" in err and "9 files" in err and "--yes" in err
+    assert not (out / "accentuate").exists()
+    assert cli.main(_accentuate_argv(checkpoint, out, "--n", "3", "--yes")) == 0
+    assert len(list((out / "accentuate").glob("*.png"))) == 3
+
+
 def test_the_cli_accentuates_data_images(tmp_path, monkeypatch, striped):
     import json
 

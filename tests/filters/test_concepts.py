@@ -4,6 +4,7 @@ importance finds the concept that decides, and the bank survives a save / load."
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -222,3 +223,66 @@ def test_the_cli_writes_a_concept_bank(tmp_path, monkeypatch, striped):
     assert "concepts.png" in index["files"] and "concepts/concept_02.png" in index["files"]
     bank = ConceptBank.load(out)
     assert bank.n_concepts == 3 and bank.importance.shape == (3, 3)
+    # --resume with the same settings reuses the bank: nothing is factorized again
+    concepts_module = sys.modules["xaikit.filters.concepts"]  # the package exports the function
+    before = (out / "concepts.safetensors").read_bytes()
+    monkeypatch.setattr(
+        concepts_module, "concepts", lambda *a, **k: pytest.fail("the bank was recomputed")
+    )
+    assert cli.main([*argv, "--resume"]) == 0
+    assert (out / "concepts.safetensors").read_bytes() == before
+    assert json.loads((out / "index.json").read_text())["concepts"] == index["concepts"]
+    # other settings: refused, the bank kept
+    assert cli.main([*argv[:-2], "4", "--concept-method", "dff", "--resume"]) == 2
+    assert (out / "concepts.safetensors").read_bytes() == before
+
+
+def test_a_concepts_run_over_the_limits_is_refused(tmp_path, monkeypatch, striped, capsys):
+    from xaikit import cli
+    from xaikit.cli import filters as filters_command
+    from xaikit.data import TensorDataset
+    from xaikit.zoo.checkpoint import save_model
+
+    model, images, labels, norm = striped
+    checkpoint = save_model(model, tmp_path / "model", input_shape=[3, 16, 16], normalization=norm)
+    dataset = TensorDataset(
+        images[:12],
+        labels[:12],
+        name="striped",
+        split="test",
+        classes=["h", "v", "d"],
+        task="multiclass",
+        input_kind="image",
+    )
+    monkeypatch.setattr(filters_command, "load", lambda name, split="train", **o: dataset)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["filters"])
+    monkeypatch.setenv("XAIKIT_LIMIT_SECONDS", "0.000001")
+    out = tmp_path / "out"
+    argv = [
+        "filters",
+        "--model",
+        str(checkpoint),
+        "--mode",
+        "concepts",
+        "--data",
+        "striped",
+        "--layer",
+        BLOCK2,
+        "--out",
+        str(out),
+        "--n-concepts",
+        "3",
+        "--k",
+        "2",
+        "--steps",
+        "2",
+        "--concept-method",
+        "dff",
+        "--quiet",
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "concepts: 3 concepts, 2 steps, 8 files" in err and "pass --yes" in err
+    assert not (out / "concepts.safetensors").exists()
+    assert cli.main([*argv, "--yes"]) == 0
+    assert ConceptBank.load(out).n_concepts == 3

@@ -180,8 +180,8 @@ def test_the_page_draws_explain_maps_in_the_documented_colours(
 
 
 def test_a_non_image_upload_is_refused_with_one_line(server_url):
-    # The page shows an upload's error only after a file is picked in its file input (an
-    # interactive flow --dump-dom cannot drive); the line it shows is the API's error.
+    # The line the page shows for it is this API error: picking the file in the page's own
+    # file input is test_serve_browser.py::test_a_non_image_upload_shows_one_clear_message...
     response = httpx.post(
         server_url + "api/upload",
         files={

@@ -17,16 +17,20 @@ Exit codes: 0 success; 2 bad usage or input (one line on stderr, no traceback);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from xaikit._version import __version__
 from xaikit.errors import XaikitError
+
+if TYPE_CHECKING:
+    from xaikit.distributed import Group as DistributedGroup
 
 # Order is the order of ``xaikit --help``.
 COMMAND_MODULES = [
@@ -44,6 +48,10 @@ COMMAND_MODULES = [
 ]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+#: Commands that split their work over the ranks of ``torchrun``; the others run on rank 0
+#: while the other ranks wait for it (xaikit.distributed).
+DISTRIBUTED_COMMANDS = frozenset({"explain", "filters", "evaluate", "train"})
 
 
 class UsageError(XaikitError):
@@ -118,23 +126,54 @@ def _precheck_models(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``xaikit`` console script; returns the exit code."""
+    """Entry point of the ``xaikit`` console script; returns the exit code.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this: the process group is
+    joined first, only rank 0 prints, and a failure on any rank fails every rank with that
+    rank's message (:mod:`xaikit.distributed`)."""
+    from xaikit import distributed
+
+    try:
+        group = distributed.init_from_env()
+    except XaikitError as err:
+        print(f"xaikit: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with distributed.quiet_unless_main(group):
+            return _main(argv, group)
+    finally:
+        distributed.shutdown()
+
+
+def _main(argv: Sequence[str] | None, group: DistributedGroup) -> int:
+    from xaikit import distributed
     from xaikit.cli._common import cli_wording
 
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return EXIT_OK
-        _precheck_models(args)
-        with _cli_warnings():
-            code = int(args._run(args) or EXIT_OK)
-        sys.stdout.flush()  # inside the try: a reader that left is handled below
-        return code
+        with distributed.guard(group):
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return EXIT_OK
+            _precheck_models(args)
+            local = args.command not in DISTRIBUTED_COMMANDS
+            if group.distributed and local and not group.is_main:
+                return EXIT_OK  # rank 0 runs it; the guard's last meeting waits for it
+            # A command that is not distributed runs on rank 0 as a group of one.
+            solo = distributed.alone() if local else contextlib.nullcontext()
+            with _cli_warnings(), solo:
+                code = int(args._run(args) or EXIT_OK)
+            sys.stdout.flush()  # inside the try: a reader that left is handled below
+            # The run's verdict (e.g. 2: some input was bad) is rank 0's, which saw every
+            # rank's results; the others finished their share.
+            return code if group.is_main else EXIT_OK
     except UsageError as err:
         print(err, file=sys.stderr)
         return EXIT_USAGE
+    except distributed.RemoteRankError as err:
+        print(f"xaikit: error: {cli_wording(str(err))}", file=sys.stderr)
+        return EXIT_USAGE if err.usage else EXIT_INTERNAL
     except XaikitError as err:
         print(f"xaikit: error: {cli_wording(str(err))}", file=sys.stderr)
         return EXIT_USAGE

@@ -178,9 +178,11 @@ def add_data_option_argument(parser: argparse.ArgumentParser) -> None:
 def cli_device(text: str) -> str:
     """``--device`` resolved (``auto`` -> ``cuda`` or ``cpu``); a device this machine does not
     have is a one-line :class:`~xaikit.errors.XaikitConfigError` (exit 2)."""
+    from xaikit.distributed import current
     from xaikit.train.loaders import resolve_device
 
-    return str(resolve_device(text))
+    # Under torchrun, auto / cuda mean this rank's GPU (cuda:<LOCAL_RANK>), else the CPU.
+    return str(resolve_device(current().device(text)))
 
 
 def canonical_methods(names: Sequence[str]) -> list[str]:

@@ -3,6 +3,10 @@
 Prints one table - deletion / insertion AUC, the pointing games when the data has ground-truth
 masks, the randomization and class-contrast sanity checks - for the method(s) next to the
 random and centred-Gaussian baselines, with direction arrows, and writes the same as JSON.
+
+Under ``torchrun --nproc-per-node N -m xaikit evaluate ...`` every rank scores its chunks of
+``--batch-size`` images and rank 0 prints and writes the figures of all of them: the same
+figures as one process (:func:`xaikit.evaluate.suite.evaluate_methods`).
 """
 
 from __future__ import annotations
@@ -215,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from xaikit.distributed import current
     from xaikit.evaluate.suite import evaluate_methods
 
     methods = canonical_methods(_split_list(args.method, "method"))
@@ -275,6 +280,8 @@ def _run(args: argparse.Namespace) -> int:
             }
         ),
     )
+    if not current().is_main:
+        return 0  # under torchrun the merged figures are rank 0's to print and write
     print(
         f"xaikit evaluate: model {args.model}, data {args.data} (test, n={inputs.shape[0]}), "
         f"target {args.target}, seed {args.seed}"

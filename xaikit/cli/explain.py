@@ -65,6 +65,10 @@ Images stream in batches (--batch-size): each image's files are written, atomica
 soon as its batch is done. After a crash, rerun with --resume to skip the images done.
 Bad files are listed on stderr and under "errors" in {RESULTS}; the others are processed.
 
+Several processes: torchrun --nproc-per-node N -m xaikit explain ... splits the inputs over
+N ranks (GPUs or CPU processes); the outputs are those of one process, and --resume works
+with any number of ranks (see README, "Distributed runs").
+
 exit codes: 0 every input explained; 2 a bad input file or bad settings; 1 internal error.
 {_METHODS_LINE}
 """

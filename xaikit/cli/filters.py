@@ -39,6 +39,9 @@ NAME = "filters"
 HELP = "inspect learned filters: kernels, feature maps, maximization, exemplars, atlas"
 MODES = ("weights", "activations", "maximize", "accentuate", "exemplars", "atlas", "concepts")
 NEEDS_DATA = ("activations", "accentuate", "exemplars", "atlas", "concepts")
+#: Modes whose data set pass is split over the ranks of ``torchrun`` (each rank streams its
+#: shard, the per-channel top-k are merged); the others run on rank 0 alone.
+SPLIT_MODES = ("exemplars", "atlas")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,8 +152,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="maximize: keep the channels the journal in --out records as finished; "
-        "exemplars: continue an interrupted pass from its saved state; atlas: both",
+        help="maximize / accentuate: keep the renders the journal in --out records as "
+        "finished; exemplars: continue an interrupted pass from its saved state; atlas: both; "
+        "concepts: reuse the concept bank saved in --out when its settings match",
     )
 
 
@@ -359,10 +363,17 @@ def _accentuate(
     normalization: Any,
     size: int | None,
     quiet: bool | None,
-) -> Any:
+) -> tuple[Any, list[str]] | None:
     """``--mode accentuate``: the first ``--n`` (4) data images, each accentuated towards
-    each of ``--channels`` (default: its own most active channel)."""
+    each of ``--channels`` (default: its own most active channel). Prints the estimate (timed
+    on a one-step probe) and refuses past the limits without ``--yes`` (``None``); else
+    renders batch by batch into ``--out`` with a journal ``--resume`` continues."""
+    import dataclasses
+    import time
+
+    from xaikit.estimates import maximize_estimate
     from xaikit.filters._common import fetch_inputs
+    from xaikit.filters.accentuation_runs import accentuate_into
     from xaikit.filters.maximize import maximize, most_active_channels
 
     count = min(args.n or 4, len(dataset))
@@ -376,19 +387,180 @@ def _accentuate(
     else:
         units = [c for _ in range(count) for c in channels]
         starts = images.repeat_interleave(len(channels), dim=0)
-    return maximize(
+    options = {
+        "steps": args.steps,
+        "seed": args.seed,
+        "size": size,
+        "normalization": normalization,
+        "penalty": args.penalty,
+    }
+    seconds = None
+    if args.steps > 0 and units:
+        probe = min(len(units), args.batch_size)
+        start = time.perf_counter()
+        maximize(model, layer, units[:probe], start=starts[:probe], **{**options, "steps": 1})
+        seconds = (time.perf_counter() - start) / 2  # one step plus the two scorings
+    side = int(starts.shape[-1])
+    estimate = maximize_estimate(
+        len(units),
+        args.batch_size,
+        args.steps,
+        side,
+        in_channels=int(starts.shape[1]),
+        seconds_per_step=seconds,
+    )
+    estimate = dataclasses.replace(estimate, what="accentuate")
+    if estimate.notable() or estimate.over():
+        print(estimate.line(), file=sys.stderr)
+    refusal = estimate.refusal(args.yes, "or choose fewer --n / --channels / --steps")
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return None
+    header = {
+        "model": args.model,
+        "layer": args.layer,
+        "data": args.data,
+        "images": count,
+        "units": units,
+        "steps": args.steps,
+        "seed": args.seed,
+        "size": size,
+        "penalty": args.penalty,
+        "normalization": normalization,
+    }
+    return accentuate_into(
+        Path(args.out),
         model,
         layer,
         units,
-        start=starts,
+        starts,
+        header=header,
+        resume=args.resume,
+        batch_size=args.batch_size,
+        quiet=quiet,
+        **options,
+    )
+
+
+#: The settings of a concepts run, beside its bank: ``--resume`` reuses the bank only when
+#: they match.
+CONCEPTS_RUN = "concepts.run.json"
+
+
+def _concepts(
+    args: argparse.Namespace,
+    model: Any,
+    layer: str,
+    dataset: Dataset,
+    normalization: Any,
+    size: int | None,
+    quiet: bool | None,
+    out: Path,
+) -> Any:
+    """``--mode concepts``: with ``--resume`` and a bank in ``--out`` saved with the same
+    settings, that bank; else the estimate (timed on a probe batch and one maximization
+    step), refused past the limits without ``--yes`` (``None``), then the concepts, the
+    bank saved with its settings before anything else is drawn."""
+    import json
+    import time
+
+    import torch
+
+    from xaikit.errors import XaikitConfigError, XaikitError
+    from xaikit.estimates import concepts_estimate
+    from xaikit.filters._common import fetch_inputs
+    from xaikit.filters.concepts import ConceptBank, concepts
+    from xaikit.filters.maximize import maximize
+    from xaikit.io import atomic_write_json, read_document
+
+    settings = {
+        "model": args.model,
+        "layer": args.layer,
+        "data": args.data,
+        "images": len(dataset),
+        "n_concepts": args.n_concepts,
+        "method": args.concept_method,
+        "baseline": args.concept_baseline,
+        "k": min(args.k, len(dataset)),
+        "steps": args.steps,
+        "seed": args.seed,
+        "size": size,
+        "normalization": normalization,
+        "batch_size": args.batch_size,
+    }
+    record = out / CONCEPTS_RUN
+    if args.resume and record.is_file():
+        document = read_document(record, what="concepts run record")
+        before = document.get("settings") if isinstance(document, dict) else None
+        if before != json.loads(json.dumps(settings)):
+            raise XaikitConfigError(
+                f"cannot resume: {record} was written with other settings ({before}); "
+                "rerun without --resume, or use another --out"
+            )
+        try:
+            bank = ConceptBank.load(out)
+        except (XaikitError, OSError, ValueError, KeyError, TypeError):
+            bank = None  # a bank cut short by a kill, or edited: computed again
+        if bank is not None:
+            print(
+                f"concepts: the bank in {out} was made with these settings; reusing it (--resume)",
+                file=sys.stderr,
+            )
+            return bank
+    probe = fetch_inputs(dataset, range(min(args.batch_size, len(dataset))))
+    parameter = next(model.parameters())
+    start = time.perf_counter()
+    x = probe.to(parameter.device, parameter.dtype).requires_grad_(True)
+    torch.autograd.grad(model(x).sum(), x)  # the input's gradient only: the model keeps .grad
+    per_batch = time.perf_counter() - start
+    per_step = None
+    if args.steps > 0:
+        start = time.perf_counter()
+        maximize(
+            model,
+            layer,
+            list(range(args.n_concepts)),
+            steps=1,
+            seed=args.seed,
+            size=size,
+            normalization=normalization,
+            quiet=True,
+        )
+        per_step = (time.perf_counter() - start) / 2
+    estimate = concepts_estimate(
+        args.n_concepts,
+        len(dataset),
+        args.batch_size,
+        args.steps,
+        int(probe.shape[-1]),
+        in_channels=int(probe.shape[1]),
+        seconds_per_batch=per_batch,
+        seconds_per_step=per_step,
+    )
+    if estimate.notable() or estimate.over():
+        print(estimate.line(), file=sys.stderr)
+    refusal = estimate.refusal(args.yes, "or choose fewer --n / --n-concepts / --steps")
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return None
+    del x, probe
+    bank = concepts(
+        model,
+        layer,
+        dataset,
+        n_concepts=args.n_concepts,
+        method=args.concept_method,
+        baseline=args.concept_baseline,
+        k=min(args.k, len(dataset)),
         steps=args.steps,
         seed=args.seed,
-        size=size,
         normalization=normalization,
-        penalty=args.penalty,
         batch_size=args.batch_size,
         quiet=quiet,
     )
+    bank.save(out)  # the bank first: a kill while drawing keeps it for --resume
+    atomic_write_json(record, {"settings": settings})
+    return bank
 
 
 def run(args: argparse.Namespace) -> int:
@@ -401,10 +573,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xaikit.distributed import current
     from xaikit.filters import activations, atlas, exemplars, weights
     from xaikit.filters._common import fetch_inputs
     from xaikit.filters._plot import figure_png, image_png
 
+    group = current()
+    if group.distributed and not group.is_main and args.mode not in SPLIT_MODES:
+        return 0  # rank 0 runs this mode alone; the command line's last meeting waits for it
     channels = None if args.channels == "all" else parse_channels(args.channels)
     model, card = load_cli_model(args, device=cli_device(args.device))
     size = card_size(card, args.size)
@@ -462,15 +638,13 @@ def _run(args: argparse.Namespace) -> int:
             layer=result.layer, steps=args.steps, seed=args.seed, channels=result.summary()
         )
     elif args.mode == "accentuate":
-        result = _accentuate(args, model, layer, channels, dataset, normalization, size, quiet)
+        rendered = _accentuate(args, model, layer, channels, dataset, normalization, size, quiet)
+        if rendered is None:
+            return 2
+        result, written = rendered
+        files.extend(name for name in written if name.endswith(".png"))
         _write_png(out, "accentuate.png", figure_png(result.figure), files)
-        for i, unit in enumerate(result.units):
-            _write_png(
-                out,
-                f"accentuate/{i:04d}_channel_{unit:04d}.png",
-                image_png(result.images[i]),
-                files,
-            )
+        index["arrays"] = [name for name in written if name.endswith(".npy")]
         index.update(
             layer=result.layer,
             steps=args.steps,
@@ -480,23 +654,13 @@ def _run(args: argparse.Namespace) -> int:
             channels=result.summary(),
         )
     elif args.mode == "concepts":
-        from xaikit.filters.concepts import concepts, concepts_into
+        from xaikit.filters.concepts import concepts_into
 
-        bank = concepts(
-            model,
-            layer,
-            dataset,
-            n_concepts=args.n_concepts,
-            method=args.concept_method,
-            baseline=args.concept_baseline,
-            k=min(args.k, len(dataset)),
-            steps=args.steps,
-            seed=args.seed,
-            normalization=normalization,
-            batch_size=args.batch_size,
-            quiet=quiet,
-        )
+        bank = _concepts(args, model, layer, dataset, normalization, size, quiet, out)
+        if bank is None:
+            return 2
         written = concepts_into(out, bank)
+        files.append(CONCEPTS_RUN)
         files.extend(name for name in written if name.endswith(".png"))
         index["bank"] = [name for name in written if not name.endswith(".png")]
         index.update(bank.summary())
@@ -515,6 +679,8 @@ def _run(args: argparse.Namespace) -> int:
             header={"model": args.model, "data": args.data, "n": args.n, "norm": normalization},
             resume=args.resume,
         )
+        if not group.is_main:
+            return 0  # the merged top-k is rank 0's to write
         _write_png(out, "exemplars.png", figure_png(found.figure), files)
         field = found.receptive_field
         index.update(
@@ -564,6 +730,8 @@ def _run(args: argparse.Namespace) -> int:
             header={"model": args.model, "data": args.data, "n": args.n},
             resume=args.resume,
         )
+        if not group.is_main:
+            return 0  # rank 0 maximized and writes
         _write_png(out, "atlas.png", figure_png(result.figure), files)
         title = html.escape(f"xaikit filters: {args.model} {result.layer}")
         page = (

@@ -160,18 +160,37 @@ def kept_line(selection: dict[str, Any] | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Refuse an unusable ``--out`` and hold its lock, before any work; then run."""
+    from xaikit.distributed import current
     from xaikit.io import check_out, lock_out
 
-    check_out(args.out)
+    group = current()
+    if group.distributed:
+        # Under torchrun a batch the processes cannot share fails every rank here, before
+        # any of them touches --out (rank 0 alone probes and locks it).
+        _check_shared_batch(recipe_from_args(args), group.world)
+    if group.is_main:
+        check_out(args.out)
     with lock_out(args.out, "train"):
         return _run(args)
 
 
+def _check_shared_batch(recipe: Recipe, world: int) -> None:
+    """Under torchrun the batch is the global one, shared evenly by the ``world`` processes:
+    one that they cannot share is one line (other values are left to the recipe's checks)."""
+    from xaikit.train.trainer import check_batch_size
+
+    batch_size = recipe.train_options.get("batch_size", 64)
+    if isinstance(batch_size, int):
+        check_batch_size(batch_size, world)
+
+
 def _run(args: argparse.Namespace) -> int:
+    from xaikit.distributed import current
     from xaikit.train.recipe import train_recipe
 
     recipe = recipe_from_args(args)
     cli_device(args.device)  # an unavailable device fails here, in one line, before any work
+    _check_shared_batch(recipe, current().world)
     out = Path(args.out)
     try:
         result = train_recipe(recipe, out, resume=args.resume, device=args.device, quiet=args.quiet)

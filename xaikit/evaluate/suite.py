@@ -10,6 +10,8 @@ arrows; :meth:`EvaluationReport.to_dict` is the JSON.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from xaikit._names import DEFAULT_BASELINES
+from xaikit.distributed import current, gather_in_order
 from xaikit.errors import XaikitConfigError
 from xaikit.evaluate._common import (
     Explainer,
@@ -37,7 +40,12 @@ from xaikit.evaluate.baselines import gaussian_explainer, random_explainer
 from xaikit.evaluate.metadata import METRICS
 from xaikit.evaluate.perturbation import DEFAULT_STEPS, deletion_curve, insertion_curve
 from xaikit.evaluate.pointing import energy_pointing_game, pointing_game
-from xaikit.evaluate.sanity import class_contrast, randomization_check
+from xaikit.evaluate.sanity import (
+    ContrastResult,
+    RandomizationResult,
+    class_contrast,
+    randomization_check,
+)
 from xaikit.explain.adapter import ExplainWarning
 from xaikit.explain.state import model_device
 
@@ -390,6 +398,17 @@ def evaluate_methods(
 ) -> EvaluationReport:
     """Score heatmap methods and the random / centred-Gaussian baselines on one batch.
 
+    Every figure is computed per chunk of ``batch_size`` consecutive inputs (the batches of
+    one pass) and per sample; the means, bootstrap intervals, per-class figures and sanity
+    verdicts are computed from all the per-sample values. Under ``torchrun`` each rank
+    scores its chunks (:meth:`xaikit.distributed.Group.chunks`, one meeting of the ranks to
+    put the values back in input order), so every rank returns the report one process
+    returns. Random draws are made per chunk with :func:`chunk_seed` (the first chunk keeps
+    ``seed``): the random baseline and the catalogue metrics' noise and subsets. The
+    randomization check re-initializes the model with ``seed`` in every chunk (one cascade,
+    as in one batch). Catalogue metrics that are not per sample (sensitivity-n) are computed
+    on all the inputs at once, on every rank.
+
     Args:
         model: the classifier (borrowed, never modified).
         inputs: ``(N, C, H, W)`` images before ``normalization``.
@@ -410,7 +429,8 @@ def evaluate_methods(
         sanity: also run the randomization and class-contrast checks.
         layer: the explained layer for CAM methods.
         seed: for the random baseline, stochastic methods and the randomization check.
-        batch_size: rows per forward pass of the perturbation curves.
+        batch_size: rows per forward pass of the perturbation curves, and the inputs of a
+            chunk (scored together; the unit the ranks of ``torchrun`` share out).
         normalization: per-channel ``mean``/``std`` the model expects (applied after
             perturbing).
         class_names: names for the per-class pointing-game figures.
@@ -447,11 +467,9 @@ def evaluate_methods(
     selected = None if metrics is None else check_metric_names(metrics)
     if selected is not None:
         sanity = False
+    _check_target(target, n)
     layer = layer_name(model, layer)
     x = model_inputs(inputs, normalization)
-    targets = resolve_targets(model, x, target, batch_size=batch_size)
-    if targets.dim() != 1:
-        raise XaikitConfigError("evaluate_methods takes one target per input, (N,)")
     items = None
     if masks is not None:
         lab = None if labels is None else torch.as_tensor(labels, device=device).long()
@@ -459,57 +477,53 @@ def evaluate_methods(
 
     curve_kw = {"steps": steps, "batch_size": batch_size, "normalization": normalization}
     rows = metric_rows(model, x, memory_budget) if selected is not None else batch_size
+    # Every figure is computed chunk by chunk (``batch_size`` consecutive inputs, the batches
+    # one process makes), per sample; under torchrun each rank takes its chunks
+    # (xaikit.distributed) and the per-sample values are put back in input order before any
+    # mean, interval or table: the report is the same for any number of ranks.
+    group = current()
+    chunk = max(1, int(batch_size))
+    job = _Job(
+        model=model, inputs=inputs, x=x, target=target, items=items, methods=listed,
+        baselines=list(baselines), names=names, layer=layer, seed=seed, options=options,
+        selected=selected, sanity=sanity, curve_kw=curve_kw, tolerance=tolerance,
+        deletion_baseline=deletion_baseline, insertion_start=insertion_start, steps=steps,
+        rows=rows, quiet=quiet, metric_options=dict(metric_options or {}),
+    )  # fmt: skip
+    mine = [job.chunk(part.start, part.stop) for part in group.chunks(n, chunk)]
+    parts = gather_in_order(group, -(-n // chunk), 1, mine)
     scores: dict[str, dict[str, dict[str, Any]]] = {}
     checks: dict[str, dict[str, Any]] = {}
-    for method, name in zip([*listed, *baselines], names):
-        explainer = _explainer(method, layer=layer, seed=seed, options=options)
-        maps = compute_maps(explainer, model, x, targets)
+    for name in names:
+        values = _join([part[name] for part in parts])
         row: dict[str, dict[str, Any]] = {}
+        cls = values.get("item_class")
         if selected is None:
-            deletion = deletion_curve(
-                model, inputs, maps, targets, baseline=deletion_baseline, quiet=quiet, **curve_kw
-            )
-            insertion = insertion_curve(
-                model, inputs, maps, targets, start=insertion_start, quiet=quiet, **curve_kw
-            )
-            row["deletion_auc"] = summarize(deletion.auc)
-            row["insertion_auc"] = summarize(insertion.auc)
+            row["deletion_auc"] = summarize(values["deletion_auc"])
+            row["insertion_auc"] = summarize(values["insertion_auc"])
             if items is not None:
-                image, cls, item_masks = items
-                item_maps = compute_maps(explainer, model, x[image], cls)
-                hits = pointing_game(item_maps, item_masks, tolerance=tolerance)
-                energy = energy_pointing_game(item_maps, item_masks)
-                row["pointing_game"] = {
-                    **summarize(hits),
-                    "per_class": _per_class(hits, cls, class_names),
-                }
-                if tolerance:  # the strict figure beside the tolerant one, so both are seen
-                    exact = pointing_game(item_maps, item_masks)
-                    row["pointing_game_exact"] = {
-                        **summarize(exact),
-                        "per_class": _per_class(exact, cls, class_names),
+                games = ["pointing_game", *(["pointing_game_exact"] if tolerance else [])]
+                for game in [*games, "energy_pointing_game"]:
+                    row[game] = {
+                        **summarize(values[game]),
+                        "per_class": _per_class(values[game], cls, class_names),
                     }
-                row["energy_pointing_game"] = {
-                    **summarize(energy),
-                    "per_class": _per_class(energy, cls, class_names),
-                }
         else:
-            row = _selected_scores(
-                selected, model=model, inputs=inputs, x=x, maps=maps, targets=targets,
-                explainer=explainer, items=items, curve_kw=curve_kw, tolerance=tolerance,
-                deletion_baseline=deletion_baseline, insertion_start=insertion_start,
-                steps=steps, seed=seed, rows=rows, quiet=quiet, class_names=class_names,
-                metric_options=dict(metric_options or {}),
-            )  # fmt: skip
+            for metric in selected:
+                if metric not in values:
+                    continue
+                row[metric] = _summary_with_values(values[metric], seed)
+                if metric in ("pointing_game", "energy_pointing_game"):
+                    row[metric]["per_class"] = _per_class(values[metric], cls, class_names)
+            for metric in job.whole_batch_metrics():
+                row[metric] = _summary_with_values(job.whole_batch(name, metric, n, chunk), seed)
+            order = [m for m in SUITE_METRICS if m in selected]
+            order += [m for m in selected if m not in SUITE_METRICS]
+            row = {metric: row[metric] for metric in order if metric in row}
         scores[name] = row
         if sanity:
-            randomization = randomization_check(
-                model, x, explainer, targets, seed=seed, quiet=quiet
-            )
-            with warnings.catch_warnings():
-                # The method's maps of these images were computed (and warned about) above.
-                warnings.simplefilter("ignore", ExplainWarning)
-                contrast = class_contrast(model, x, explainer)
+            randomization = _join_randomization(values["randomization"])
+            contrast = _join_contrast(values["class_contrast"])
             checks[name] = {
                 "randomization": {**randomization.to_dict(), "method": name},
                 "class_contrast": {**contrast.to_dict(), "method": name},
@@ -617,3 +631,251 @@ def _selected_scores(
         )
     )
     return row
+
+
+def chunk_seed(seed: int, start: int) -> int:
+    """The seed of the chunk of inputs that starts at input ``start``: ``seed`` itself for
+    the first chunk (so one batch draws what it always drew), a hash of both for the others.
+
+    Random draws (the random baseline, the noise and subsets of the catalogue metrics) are
+    made per chunk with it, so they depend on which inputs a chunk holds, never on the rank
+    that computes it or on the number of ranks."""
+    if start == 0:
+        return int(seed)
+    digest = hashlib.blake2b(f"{int(seed)}:{int(start)}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _chunk_target(target: TargetSpec, lo: int, hi: int) -> TargetSpec:
+    if isinstance(target, (str, int)):
+        return target
+    t = torch.as_tensor(target)
+    return t if t.dim() == 0 else t[lo:hi]
+
+
+def _check_target(target: TargetSpec, n: int) -> None:
+    if isinstance(target, (str, int)):
+        return
+    t = torch.as_tensor(target)
+    if t.dim() > 0 and t.shape[0] != n:
+        raise XaikitConfigError(
+            f"target must be one class per input, (N,) with N = {n}; got {tuple(t.shape)}"
+        )
+
+
+def _cpu(value: torch.Tensor) -> torch.Tensor:
+    return value.detach().cpu()
+
+
+@dataclass
+class _Job:
+    """What :func:`evaluate_methods` computes for one chunk of inputs ``[lo, hi)``: per
+    method, every per-sample value (and the sanity checks' per-sample parts)."""
+
+    model: nn.Module
+    inputs: torch.Tensor
+    x: torch.Tensor
+    target: TargetSpec
+    items: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    methods: list[str | Explainer]
+    baselines: list[str]
+    names: list[str]
+    layer: str
+    seed: int
+    options: dict[str, Any]
+    selected: list[str] | None
+    sanity: bool
+    curve_kw: dict[str, Any]
+    tolerance: int
+    deletion_baseline: str | float
+    insertion_start: str | float
+    steps: int
+    rows: int
+    quiet: bool | None
+    metric_options: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self._explainers: dict[str, Explainer | None] = {}
+        for method, name in zip([*self.methods, *self.baselines], self.names):
+            # the random baseline is drawn per chunk (chunk_seed); the others are seeded once
+            self._explainers[name] = (
+                None
+                if method == "random"
+                else _explainer(method, layer=self.layer, seed=self.seed, options=self.options)
+            )
+
+    def explainer(self, name: str, lo: int) -> Explainer:
+        explainer = self._explainers[name]
+        return random_explainer(chunk_seed(self.seed, lo)) if explainer is None else explainer
+
+    def targets(self, lo: int, hi: int) -> torch.Tensor:
+        target = _chunk_target(self.target, lo, hi)
+        batch_size = self.curve_kw["batch_size"]
+        targets = resolve_targets(self.model, self.x[lo:hi], target, batch_size=batch_size)
+        if targets.dim() != 1:
+            raise XaikitConfigError("evaluate_methods takes one target per input, (N,)")
+        return targets
+
+    def wants(self, metric: str) -> bool:
+        return self.selected is None or metric in self.selected
+
+    def catalogue(self) -> list[str]:
+        return [m for m in self.selected or [] if m not in SUITE_METRICS]
+
+    def whole_batch_metrics(self) -> list[str]:
+        """Catalogue metrics whose values are not per sample (sensitivity-n): computed on all
+        the inputs at once, on every rank, from the same chunked maps."""
+        from xaikit.evaluate.catalogue import metric_spec
+
+        return [m for m in self.catalogue() if not metric_spec(m).per_sample]
+
+    def whole_batch(self, name: str, metric: str, n: int, chunk: int) -> torch.Tensor:
+        from xaikit.evaluate.catalogue import run_metric
+
+        maps, targets = [], []
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
+            targets.append(self.targets(lo, hi))
+            maps.append(
+                compute_maps(self.explainer(name, lo), self.model, self.x[lo:hi], targets[-1])
+            )
+        kwargs = _catalogue_options(metric, self.x, self.steps, self.metric_options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExplainWarning)
+            return run_metric(
+                metric, self.model, self.x, torch.cat(maps), torch.cat(targets),
+                explainer=self.explainer(name, 0), seed=self.seed, batch_size=self.rows,
+                quiet=self.quiet, **kwargs,
+            )  # fmt: skip
+
+    def chunk(self, lo: int, hi: int) -> dict[str, dict[str, Any]]:
+        from xaikit.evaluate.catalogue import metric_spec, run_metric
+
+        model, x, raw = self.model, self.x[lo:hi], self.inputs[lo:hi]
+        targets = self.targets(lo, hi)
+        local = None
+        if self.items is not None:
+            image, cls, item_masks = self.items
+            inside = (image >= lo) & (image < hi)
+            local = (image[inside] - lo, cls[inside], item_masks[inside])
+        out: dict[str, dict[str, Any]] = {}
+        curve_kw = self.curve_kw
+        for name in self.names:
+            explainer = self.explainer(name, lo)
+            maps = compute_maps(explainer, model, x, targets)
+            values: dict[str, Any] = {}
+            if self.wants("deletion_auc"):
+                values["deletion_auc"] = _cpu(
+                    deletion_curve(
+                        model, raw, maps, targets, baseline=self.deletion_baseline,
+                        quiet=self.quiet, **curve_kw,
+                    ).auc
+                )  # fmt: skip
+            if self.wants("insertion_auc"):
+                values["insertion_auc"] = _cpu(
+                    insertion_curve(
+                        model, raw, maps, targets, start=self.insertion_start,
+                        quiet=self.quiet, **curve_kw,
+                    ).auc
+                )  # fmt: skip
+            item_maps = None
+            if local is not None:
+                where, cls, item_masks = local
+                values["item_class"] = _cpu(cls)
+                if where.numel():
+                    item_maps = compute_maps(explainer, model, x[where], cls)
+                games = {
+                    "pointing_game": lambda m, k: pointing_game(m, k, tolerance=self.tolerance),
+                    "energy_pointing_game": energy_pointing_game,
+                }
+                if self.selected is None and self.tolerance:
+                    games["pointing_game_exact"] = pointing_game
+                for game, fn in games.items():
+                    if self.selected is not None and game not in self.selected:
+                        continue
+                    values[game] = (
+                        torch.zeros(0) if item_maps is None else _cpu(fn(item_maps, item_masks))
+                    )
+            for metric in self.catalogue():
+                spec = metric_spec(metric)
+                if not spec.per_sample:
+                    continue
+                kwargs = _catalogue_options(metric, self.x, self.steps, self.metric_options)
+                if spec.needs == "masks":
+                    if local is None:
+                        continue  # no ground truth: localisation skipped, as the games
+                    if item_maps is None:
+                        values[metric] = torch.zeros(0)
+                        continue
+                    values[metric] = _cpu(
+                        run_metric(metric, None, x, item_maps, targets, masks=local[2], **kwargs)
+                    )
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExplainWarning)
+                    values[metric] = _cpu(
+                        run_metric(
+                            metric, model, x, maps, targets, explainer=explainer,
+                            seed=chunk_seed(self.seed, lo), batch_size=self.rows,
+                            quiet=self.quiet, **kwargs,
+                        )
+                    )  # fmt: skip
+            if self.sanity:
+                randomization = randomization_check(
+                    model, x, explainer, targets, seed=self.seed, quiet=self.quiet
+                )
+                with warnings.catch_warnings():
+                    # The method's maps of these images were computed (and warned about) above.
+                    warnings.simplefilter("ignore", ExplainWarning)
+                    contrast = class_contrast(model, x, explainer)
+                values["randomization"] = dataclasses.replace(
+                    randomization,
+                    spearman=_cpu(randomization.spearman),
+                    ssim=None if randomization.ssim is None else _cpu(randomization.ssim),
+                )
+                values["class_contrast"] = dataclasses.replace(
+                    contrast,
+                    classes=_cpu(contrast.classes),
+                    dissimilarity=_cpu(contrast.dissimilarity),
+                    l1=_cpu(contrast.l1),
+                )
+            out[name] = values
+        return out
+
+
+def _join(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's per-chunk values, in input order: tensors concatenated (first dimension),
+    the sanity checks' results listed."""
+    out: dict[str, Any] = {}
+    for key in parts[0] if parts else []:
+        chunks = [part[key] for part in parts]
+        if isinstance(chunks[0], torch.Tensor):
+            out[key] = torch.cat(chunks)
+        else:
+            out[key] = chunks
+    return out
+
+
+def _join_randomization(parts: list[RandomizationResult]) -> RandomizationResult:
+    """The randomization check of all the inputs from its chunks' (same cascade, same seed:
+    the per-input correlations side by side, the score their mean)."""
+    first = parts[0]
+    rho = torch.cat([p.spearman for p in parts], dim=1)
+    ssims = None if first.ssim is None else torch.cat([p.ssim for p in parts], dim=1)  # type: ignore[misc]
+    score = float(rho[first.top_layers - 1].mean())
+    verdict = "pass" if score < first.threshold else "fail"
+    return dataclasses.replace(first, spearman=rho, ssim=ssims, score=score, verdict=verdict)
+
+
+def _join_contrast(parts: list[ContrastResult]) -> ContrastResult:
+    first = parts[0]
+    dissimilarity = torch.cat([p.dissimilarity for p in parts])
+    score = float(dissimilarity.mean())
+    return dataclasses.replace(
+        first,
+        classes=torch.cat([p.classes for p in parts]),
+        dissimilarity=dissimilarity,
+        l1=torch.cat([p.l1 for p in parts]),
+        score=score,
+        verdict="pass" if score >= first.threshold else "fail",
+    )

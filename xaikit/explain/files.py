@@ -69,6 +69,20 @@ else is explained again; bad files are tried again.
 Resuming with other settings (model, methods, target, layer, score, input shape,
 normalization, colours, figures) is refused.
 
+Several processes (``torchrun --nproc-per-node N -m xaikit explain ...``, see
+:mod:`xaikit.distributed`): the inputs are cut into fixed batches of ``batch_size`` in input
+order (bad files keep their place), dealt round robin to the ranks; rank ``r`` writes its
+images' files and its own journal ``results.rank<r>.jsonl``, and when every rank is done
+rank 0 folds the journals into ``results.jsonl`` (one record per input, input order) and
+writes ``results.json``. Every image is explained beside the same images whatever the number
+of ranks, and after a resume (a batch with images still to do is explained whole; only
+those are written), so with the same threads per process (torchrun gives each rank one) the
+files are the same bytes as one uninterrupted process writes. ``resume`` reads every
+journal in ``out`` (``results.jsonl`` and any rank's), so a run killed on any rank resumes
+with any number of ranks; a resume also removes the temporary files a kill left in the
+folders of the images it writes. ``out`` must be one folder every rank sees (a shared file
+system across machines).
+
 Speed: the files of one batch are encoded and written by a few threads while the next batch
 is read and explained (PNG encoding, resizing and fsync release the GIL); the titled figures
 are drawn by matplotlib in the calling thread, reusing one figure per picture size, and are
@@ -97,6 +111,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from xaikit import distributed
 from xaikit._names import JOURNAL, RESULTS
 from xaikit._version import __version__
 from xaikit.data.images import IMAGE_EXTENSIONS, list_images, read_image_with_preview
@@ -133,6 +148,19 @@ _OTHER_LAYER_METHODS = (*SCORE_CAM_METHODS, "guided-gradcam")
 #: would take one of them (an image given as ``results.json``, a folder named
 #: ``results.jsonl``) gets ``~2`` appended to that name instead: ``out/results.json~2/``.
 RESERVED_NAMES = frozenset({RESULTS, JOURNAL, LOCK_NAME})
+
+#: The journal of rank ``r`` of a run under torchrun: ``results.rank<r>.jsonl``. Rank 0
+#: merges them into ``results.jsonl`` at the end (and removes them).
+RANK_JOURNAL = re.compile(r"results\.rank(\d+)\.jsonl")
+
+
+def rank_journal_name(rank: int) -> str:
+    """``results.rank<rank>.jsonl``: where rank ``rank`` of a distributed run journals."""
+    return f"results.rank{rank}.jsonl"
+
+
+def _reserved(name: str) -> bool:
+    return name in RESERVED_NAMES or RANK_JOURNAL.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -219,7 +247,7 @@ def collect_images(
         seen.add(resolved)
         key = file_key(parts)  # every part a safe, bounded file name (xaikit.names)
         head, sep, rest = key.partition("/")
-        if head in RESERVED_NAMES:  # the run's own files: out/results.json/ would collide
+        if _reserved(head):  # the run's own files: out/results.json/ would collide
             key = f"{head}~2{sep}{rest}"
         unique, n = key, 1
         while unique in keys:
@@ -285,6 +313,7 @@ class _Loaded:
     input: torch.Tensor  # (C, H, W) normalized model input
     display: torch.Tensor  # (c, H', W') uint8, the file's channels, at most MAX_OVERLAY_SIDE
     original_size: tuple[int, int]  # (H0, W0) of the file
+    write: bool = True  # False: done by an earlier run, in the batch only to keep it whole
 
 
 def load_for_model(
@@ -375,12 +404,37 @@ class _Journal:
     (valid UTF-8 whatever the file names).
     """
 
-    def __init__(self, path: Path, header: dict[str, Any], resume: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        header: dict[str, Any],
+        resume: bool,
+        others: Sequence[Path] = (),
+        write: bool = True,
+    ) -> None:
         self.path = path
         self.offsets: dict[tuple[str, str | None], int] = {}
-        self.resumed = resume and path.is_file() and path.stat().st_size > 0
-        if self.resumed:
-            self._read(header)
+        # Journals of other ranks (or of an earlier run with another number of ranks), read
+        # only: a source done there is done. ``(file index, offset)`` of its records there,
+        # later files' records after earlier ones'.
+        self.other_paths = list(others)
+        self.other_offsets: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
+        self.others: list[IO[bytes]] = []
+        if resume:
+            for n, other in enumerate(self.other_paths):
+                for ident, offset in self._scan(other, header):
+                    self.other_offsets.setdefault(ident, []).append((n, offset))
+            self.others = [open(p, "rb") for p in self.other_paths]  # noqa: SIM115
+        self.resumed = resume and (
+            (path.is_file() and path.stat().st_size > 0) or bool(self.other_offsets)
+        )
+        if not write:
+            self.handle = open(os.devnull, "ab")  # noqa: SIM115 - closed in close()
+            self.reader: IO[bytes] = open(os.devnull, "rb")  # noqa: SIM115
+            return
+        if resume and path.is_file() and path.stat().st_size > 0:
+            for ident, offset in self._scan(path, header):
+                self.offsets[ident] = offset
             self.handle: IO[bytes] = open(path, "ab")  # noqa: SIM115 - closed in close()
             if not self._ends_with_newline():
                 self.handle.write(b"\n")  # a cut-off last line stays a line of its own
@@ -394,10 +448,13 @@ class _Journal:
             handle.seek(-1, os.SEEK_END)
             return handle.read(1) == b"\n"
 
-    def _read(self, header: dict[str, Any]) -> None:
+    @staticmethod
+    def _scan(path: Path, header: dict[str, Any]) -> Iterator[tuple[tuple[str, str | None], int]]:
+        """``(source ident, byte offset)`` of every record of the journal ``path``, in order,
+        after checking that its first line is a run with the same settings as ``header``."""
         offset = 0
         first = True
-        with open(self.path, "rb") as handle:
+        with open(path, "rb") as handle:
             for line in handle:
                 record = _parse(line)
                 if first:
@@ -409,25 +466,40 @@ class _Journal:
                         or not isinstance(settings, dict)
                     ):
                         raise XaikitConfigError(
-                            f"{printable(str(self.path))} is not an xaikit explain journal; "
+                            f"{printable(str(path))} is not an xaikit explain journal; "
                             "remove it or use another --out"
                         )
-                    _check_same_settings(self.path, settings, header)
+                    _check_same_settings(path, settings, header)
                 elif record is not None and record.get("kind") in ("image", "error"):
                     ident = _record_ident(record)
                     if ident is not None:  # a record naming no source is not used
-                        self.offsets[ident] = offset
+                        yield ident, offset
                 offset += len(line)
 
     def record(self, source: tuple[str, str | None]) -> dict[str, Any] | None:
         """The last record of the source ``(name, bytes)`` (see :attr:`ImageSource.ident`),
-        from this run or an earlier one, if any."""
+        from this run or an earlier one, if any (this journal's, else the other journals'
+        latest)."""
+        candidates = self.records(source)
+        return candidates[0] if candidates else None
+
+    def records(self, source: tuple[str, str | None]) -> list[dict[str, Any]]:
+        """Every record kept of the source: this journal's last one first, then the other
+        journals' records, newest (last file, last line) first."""
+        found: list[dict[str, Any]] = []
         offset = self.offsets.get(source)
-        if offset is None:
-            return None
-        self.handle.flush()
-        self.reader.seek(offset)
-        return _parse(self.reader.readline())
+        if offset is not None:
+            self.handle.flush()
+            self.reader.seek(offset)
+            record = _parse(self.reader.readline())
+            if record is not None:
+                found.append(record)
+        for n, where in reversed(self.other_offsets.get(source, [])):
+            self.others[n].seek(where)
+            record = _parse(self.others[n].readline())
+            if record is not None:
+                found.append(record)
+        return found
 
     def append(self, record: dict[str, Any]) -> None:
         record = json_safe(record)
@@ -444,6 +516,8 @@ class _Journal:
     def close(self) -> None:
         self.handle.close()
         self.reader.close()
+        for handle in self.others:
+            handle.close()
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:
@@ -778,12 +852,15 @@ class _Writer:
     figures: _Figures | None
     sink: _Sink
     sign: str = "auto"
+    tidy: bool = False  # a resumed run: remove what a killed run left half-written
 
     def image(self, item: _Loaded, i: int, results: Mapping[str, _Cpu]) -> None:
         """Queue every output of input ``i`` of the batch, and its journal record."""
         first = next(iter(results.values()))
         labels = first.class_names or []
         folder = self.out / item.source.key
+        if self.tidy:
+            _remove_temporaries(folder)
         targets: list[dict[str, Any]] = []
         kept: list[int] = []
         for k in range(first.targets.shape[1]):
@@ -848,6 +925,19 @@ class _Writer:
             "outputs": outputs,
         }
         self.sink.add(record, jobs)
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Remove the temporary files (``.<name>.<8 hex>.tmp``, :func:`xaikit.io.atomic_path`)
+    that a run killed while writing this image's files left in its folder."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if _TEMPORARY.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
 @dataclass
@@ -1096,14 +1186,34 @@ def explain_files(
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     header = json_safe({"kind": "run", "settings": settings, "xaikit_version": __version__})
     results_path = out_dir / RESULTS
-    if not resume:
+    # Under torchrun each rank journals its own inputs; rank 0 merges them at the end.
+    group = distributed.current()
+    own = out_dir / (rank_journal_name(group.rank) if group.distributed else JOURNAL)
+    if group.is_main and not resume:
         results_path.unlink(missing_ok=True)  # a stale one must not sit beside a new journal
-    journal = _Journal(out_dir / JOURNAL, header, resume)
+        for stale in _rank_journals(out_dir):  # an earlier distributed run's
+            stale.unlink()
+        if group.distributed:
+            (out_dir / JOURNAL).unlink(missing_ok=True)
+    group.agree()  # the folder is this run's before any rank reads or writes a journal
+    others = (
+        [p for p in (out_dir / JOURNAL, *_rank_journals(out_dir)) if p != own and p.is_file()]
+        if resume
+        else []
+    )
+    journal = _Journal(own, header, resume, others)
+    group.agree()  # every rank has read the journals before any rank appends to its own
     summary = FilesSummary(out=out_dir, results=results_path, total=len(sources))
     threads = min(4, os.cpu_count() or 1) if workers is None else workers
     sink = _Sink(journal, threads, limit=2 * batch_size, out=out_dir)
     writer = _Writer(
-        out_dir, cmap, alpha, _Figures(cmap, alpha) if figures else None, sink, sign=sign
+        out_dir,
+        cmap,
+        alpha,
+        _Figures(cmap, alpha) if figures else None,
+        sink,
+        sign=sign,
+        tidy=resume,
     )
     seen_warnings: set[str] = set()
 
@@ -1139,54 +1249,186 @@ def explain_files(
         assert isinstance(results, dict)
         cpu = {name: _Cpu.of(res) for name, res in results.items()}
         del results
-        summary.degenerate += sum(int((res.degenerate & res.valid).sum()) for res in cpu.values())
         for i, item in enumerate(batch):
+            if not item.write:
+                continue  # done before: explained again only to keep the batch as it was
+            summary.degenerate += sum(
+                int((res.degenerate[i] & res.valid[i]).sum()) for res in cpu.values()
+            )
             writer.image(item, i, cpu)
             summary.explained += 1
             bar.update(1)
         batch.clear()
 
-    bar = tqdm(total=len(sources), desc="explain", unit="image", disable=quiet, leave=False)
+    def is_done(source: ImageSource) -> bool:
+        return resume and any(
+            _is_done(record, out_dir, methods, figures, source.key)
+            for record in journal.records(source.ident)
+        )
+
+    # Batches are fixed chunks of the input list, dealt round robin to the ranks: whatever
+    # the number of ranks, and after a resume, every image is explained beside the same
+    # images as in one uninterrupted run, so its maps are the same bits.
+    chunks = group.chunks(len(sources), batch_size)
+    mine = sum(len(chunk) for chunk in chunks)
+    bar = tqdm(total=mine, desc="explain", unit="image", disable=quiet, leave=False)
     try:
-        batch: list[_Loaded] = []
-        for source in sources:
-            if resume and _is_done(
-                journal.record(source.ident), out_dir, methods, figures, source.key
-            ):
-                summary.skipped += 1
-                bar.update(1)
+        for chunk in chunks:
+            members = [sources[i] for i in chunk]
+            done = [is_done(source) for source in members]
+            summary.skipped += sum(done)
+            bar.update(sum(done))
+            if all(done):
                 continue
-            if source.problem is not None:
-                fail(source, source.problem)
-                bar.update(1)
-                continue
-            try:
-                image, display, size = _read_for_model(source.path, shape, normalization)
-            except XaikitError as err:
-                fail(source, str(err))
-                bar.update(1)
-                continue
-            batch.append(_Loaded(source, image, display, size))
-            if len(batch) == batch_size:
+            batch: list[_Loaded] = []
+            for source, finished in zip(members, done):
+                if source.problem is not None:
+                    if not finished:
+                        fail(source, source.problem)
+                        bar.update(1)
+                    continue
+                try:
+                    image, display, size = _read_for_model(source.path, shape, normalization)
+                except XaikitError as err:
+                    if not finished:
+                        fail(source, str(err))
+                        bar.update(1)
+                    continue
+                batch.append(_Loaded(source, image, display, size, write=not finished))
+            if batch:
                 flush(batch)
-        if batch:
-            flush(batch)
         sink.finish()
-        finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        run = {
-            **settings,
-            **({"model_source": model_source} if model_source is not None else {}),
-            "class_names": names,
-            "batch_size": batch_size,
-            "device": str(next(model.parameters(), torch.empty(0)).device),
-            "xaikit_version": __version__,
-            "started": started,
-            "finished": finished,
-            "resumed": journal.resumed,
-        }
-        _write_results(results_path, journal, sources, run)
+        shards = group.agree(
+            (
+                summary.explained,
+                summary.skipped,
+                summary.errors,
+                summary.degenerate,
+                summary.warnings,
+            )
+        )
+        if group.distributed:
+            _combine(summary, shards, group.rank, sources, on_error)
+        if group.is_main:
+            finished_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            run = {
+                **settings,
+                **({"model_source": model_source} if model_source is not None else {}),
+                "class_names": names,
+                "batch_size": batch_size,
+                "device": str(next(model.parameters(), torch.empty(0)).device),
+                **({"world_size": group.world} if group.distributed else {}),
+                "xaikit_version": __version__,
+                "started": started,
+                "finished": finished_at,
+                "resumed": journal.resumed,
+            }
+            if group.distributed or others:
+                merged = _merge_journals(out_dir, header, sources, batch_size, group.world)
+                try:
+                    _write_results(results_path, merged, sources, run)
+                finally:
+                    merged.close()
+            else:
+                _write_results(results_path, journal, sources, run)
     finally:
         bar.close()
         sink.close()
         journal.close()
     return summary
+
+
+def _rank_journals(out: Path) -> list[Path]:
+    """The rank journals (``results.rank<r>.jsonl``) in ``out``, by rank.
+
+    Raises:
+        XaikitConfigError: one that is not a regular file (a symlink, a folder).
+    """
+    found: list[tuple[int, Path]] = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(out):
+            match = RANK_JOURNAL.fullmatch(entry.name)
+            if match is None:
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                raise XaikitConfigError(
+                    f"{out / entry.name} is not a regular file; remove it or use another --out"
+                )
+            found.append((int(match.group(1)), Path(entry.path)))
+    return [path for _, path in sorted(found)]
+
+
+def _combine(
+    summary: FilesSummary,
+    shards: Sequence[tuple[int, int, list[tuple[str, str]], int, list[str]]],
+    rank: int,
+    sources: Sequence[ImageSource],
+    on_error: Callable[[str, str], None] | None,
+) -> None:
+    """Make ``summary`` the run's, from every rank's counts; other ranks' bad inputs are
+    reported here (on rank 0, the one that prints), in input order."""
+    order = {source.name: n for n, source in enumerate(sources)}
+    summary.explained = sum(s[0] for s in shards)
+    summary.skipped = sum(s[1] for s in shards)
+    summary.degenerate = sum(s[3] for s in shards)
+    summary.warnings = list(dict.fromkeys(w for s in shards for w in s[4]))
+    theirs = [e for r, s in enumerate(shards) if r != rank for e in s[2]]
+    if on_error is not None:
+        for name, reason in theirs:
+            on_error(name, reason)
+    summary.errors = sorted(
+        [*summary.errors, *theirs], key=lambda error: order.get(error[0], len(order))
+    )
+
+
+def _merge_journals(
+    out: Path,
+    header: dict[str, Any],
+    sources: Sequence[ImageSource],
+    batch_size: int,
+    world: int,
+) -> _Journal:
+    """Fold every journal in ``out`` (``results.jsonl`` and the rank journals) into one
+    ``results.jsonl`` with one record per input, in input order, then remove the rank
+    journals; returns the merged journal, opened for reading.
+
+    Each input's record: a record proving it done (any journal), else the last record in
+    the journal of the rank that had it in this run, else the newest found elsewhere. The
+    merged file replaces ``results.jsonl`` atomically before any rank journal is removed,
+    so a crash here loses nothing (the next ``--resume`` reads both).
+    """
+    paths = [p for p in (out / JOURNAL, *_rank_journals(out)) if p.is_file()]
+    offsets = [dict(_Journal._scan(path, header)) for path in paths]
+    handles = [open(path, "rb") for path in paths]  # noqa: SIM115 - closed below
+    methods, figures = header["settings"]["methods"], header["settings"]["figures"]
+
+    def read(n: int, ident: tuple[str, str | None]) -> dict[str, Any] | None:
+        where = offsets[n].get(ident)
+        if where is None:
+            return None
+        handles[n].seek(where)
+        return _parse(handles[n].readline())
+
+    try:
+        with atomic_path(out / JOURNAL) as tmp, open(tmp, "wb") as merged:
+            merged.write(dumps_json(header).encode("utf-8") + b"\n")
+            for index, source in enumerate(sources):
+                owner_name = (
+                    JOURNAL if world == 1 else rank_journal_name((index // batch_size) % world)
+                )
+                order = sorted(range(len(paths)), key=lambda n: (paths[n].name != owner_name, -n))
+                found = [r for r in (read(n, source.ident) for n in order) if r is not None]
+                done = [r for r in found if _is_done(r, out, methods, figures, source.key)]
+                chosen = (done or found or [None])[0]
+                if chosen is not None:
+                    line = dumps_json(json_safe(chosen), ensure_ascii=False)
+                    merged.write(line.encode("utf-8") + b"\n")
+            merged.flush()
+            os.fsync(merged.fileno())
+    finally:
+        for handle in handles:
+            handle.close()
+    for path in paths:
+        if path.name != JOURNAL:
+            path.unlink(missing_ok=True)
+    return _Journal(out / JOURNAL, header, resume=True)

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import Dataset
 
+from xaikit.distributed import current
 from xaikit.errors import XaikitConfigError
 from xaikit.filters._common import Normalization, conv_of, fetch_inputs
 from xaikit.filters._plot import data_uri, displayable, grid_axes, image_png, new_figure
@@ -42,20 +43,26 @@ class Atlas:
         kernels: the kernels of the layer when it is a convolution or a block holding exactly
             one (``features.block2``); kernel ``c`` is ``kernels.images[c]``. ``None``
             otherwise (no kernel column).
-        maximization: images ``(C, C_in, S, S)`` that maximize each channel.
+        maximization: images ``(C, C_in, S, S)`` that maximize each channel; ``None`` on
+            the ranks other than 0 of a torchrun run (rank 0 alone maximizes).
         exemplars: the top-k data set inputs per channel with their crops.
     """
 
     layer: str
     channels: list[int]
     kernels: Kernels | None
-    maximization: Maximization
+    maximization: Maximization | None
     exemplars: Exemplars
 
     def _kernel(self, channel: int) -> torch.Tensor | None:
         if self.kernels is None or self.kernels.reduce == "all":
             return None
         return self.kernels.images[channel]
+
+    def _maximized(self) -> Maximization:
+        if self.maximization is None:
+            raise XaikitConfigError("this atlas has no maximization (a torchrun rank other than 0)")
+        return self.maximization
 
     def _crops(self) -> torch.Tensor:
         crops = self.exemplars.crops
@@ -67,7 +74,8 @@ class Atlas:
     def figure(self) -> Figure:
         """One row per channel: kernel, maximization image, then the exemplar crops."""
         crops = self._crops().detach().float().cpu()
-        images = self.maximization.images.detach().float().cpu()
+        maximization = self._maximized()
+        images = maximization.images.detach().float().cpu()
         if images.dim() == 3:
             images = images.unsqueeze(2)
         k = crops.shape[1]
@@ -75,8 +83,8 @@ class Atlas:
         blank = torch.ones(3, CELL, CELL)
         for row, channel in enumerate(self.channels):
             kernel = self._kernel(channel)
-            score = float(self.maximization.score[row])
-            flat = " !" if bool(self.maximization.flat[row]) else ""
+            score = float(maximization.score[row])
+            flat = " !" if bool(maximization.flat[row]) else ""
             cells.append(blank if kernel is None else _cell(kernel.cpu()))
             labels.append(f"c{channel} kernel" if kernel is not None else f"c{channel}")
             cells.append(_cell(images[row]))
@@ -93,13 +101,14 @@ class Atlas:
         """An HTML ``<section>`` for the report: a table, one row per channel, with every
         image inlined as a base64 PNG (no external references)."""
         crops = self._crops()
-        images = self.maximization.images
+        maximization = self._maximized()
+        images = maximization.images
         if images.dim() == 3:
             images = images.unsqueeze(2)
         style = 'style="image-rendering: pixelated; margin: 1px"'
         layer = html.escape(self.layer)
         rows = []
-        summary = self.maximization.summary()
+        summary = maximization.summary()
         for row, channel in enumerate(self.channels):
             kernel = self._kernel(channel)
             kernel_html = (
@@ -129,7 +138,7 @@ class Atlas:
             f'<section class="xaikit-filters">\n'
             f"<h2>What the filters of <code>{layer}</code> look for</h2>\n"
             f"<p>Per channel: its kernel, the input that maximizes its mean activation "
-            f"({self.maximization.steps} steps), and the {crops.shape[1]} data set inputs "
+            f"({maximization.steps} steps), and the {crops.shape[1]} data set inputs "
             f"that activate it most (by {self.exemplars.reduce}), cropped to the receptive "
             f"field.</p>\n"
             "<table>\n<thead><tr><th>channel</th><th>kernel</th><th>maximization</th>"
@@ -193,6 +202,10 @@ def atlas(
         header: the settings the results depend on (checked on ``resume``).
         resume: continue from what ``state_dir`` holds (each record verified first).
 
+    Under ``torchrun`` every rank streams its shard of ``dataset`` for the exemplars (the
+    merged top-k is what one process finds) and rank 0 alone runs the maximization: the
+    other ranks return an :class:`Atlas` without it (``maximization=None``).
+
     Returns:
         :class:`Atlas`, with ``.figure``, ``.html()`` and the data.
     """
@@ -209,6 +222,10 @@ def atlas(
         header=header,
         resume=resume,
     )
+    if current().distributed and not current().is_main:
+        # Under torchrun the exemplar pass is split over the ranks (and merged on each); the
+        # maximization and what it writes are rank 0's alone.
+        return Atlas(found.layer, found.channels, None, None, found)
     if size is None:
         size = int(fetch_inputs(dataset, [0]).shape[-1])
     if state_dir is not None:

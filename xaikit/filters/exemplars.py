@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from xaikit.distributed import RemoteRankError, current
 from xaikit.errors import DataError, XaikitConfigError
 from xaikit.explain.hooks import Capture
 from xaikit.explain.layers import resolve_layer
@@ -40,7 +41,6 @@ from xaikit.filters._common import (
     dataset_size,
     fetch_inputs,
     is_quiet,
-    iter_batches,
     model_dtype,
     normalizer,
 )
@@ -108,12 +108,28 @@ def _merge(
     k: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the ``k`` highest of the running ``(values, indices, positions)`` (each
-    ``(C, m)``) and a batch's ``(C, n)``. A stable sort keeps ties in index order (the
-    running entries come from earlier, lower indices), which ``torch.topk`` does not
-    promise; sorting ``k + n`` numbers per channel costs no more than a top-k here."""
-    values = torch.cat([best[0], new[0]], dim=1)
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
-    return tuple(torch.cat([b, n], dim=1).gather(1, order) for b, n in zip(best, new))
+    ``(C, m)``) and a batch's ``(C, n)``; ties go to the lower data set index.
+
+    :func:`_select` orders by value, then index, whatever order the candidates come in (a
+    resumed state or another rank's candidates may hold higher indices than a batch)."""
+    return _select(tuple(torch.cat([b, n], dim=1) for b, n in zip(best, new)), k)
+
+
+def _select(
+    candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor], k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` best of ``(C, m)`` candidates: highest value first, ties to the lower index.
+
+    Two stable sorts (by index, then by value) give exactly the order one pass in index
+    order gives, which ``torch.topk`` does not promise; sorting ``k + n`` numbers per channel
+    costs no more than a top-k here."""
+    values, indices, _ = candidates
+    by_index = torch.sort(indices, dim=1, stable=True).indices
+    values = values.gather(1, by_index)
+    order = by_index.gather(
+        1, torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+    )
+    return tuple(c.gather(1, order) for c in candidates)  # type: ignore[return-value]
 
 
 def exemplars(
@@ -157,6 +173,13 @@ def exemplars(
         resume: continue from ``state_dir``'s state when its record checks out (same header,
             the file inside the folder, present, of the recorded size); else start over.
 
+    Under ``torchrun`` (:mod:`xaikit.distributed`) each rank streams its chunks of
+    ``batch_size`` consecutive inputs, keeps its own top-k and the ranks merge their ``k``
+    candidates per channel (values, indices, positions) with the same order as one pass, so
+    every rank returns what one process returns. Each rank saves its own state
+    (``exemplars.state.r<rank>.*`` beside rank 0's :data:`STATE`); a resume reads every
+    rank's, whatever the number of ranks that saved them, and only does the inputs none holds.
+
     Returns:
         :class:`Exemplars` with ``(C, k)`` values and indices on the model's device.
 
@@ -175,47 +198,60 @@ def exemplars(
     first = fetch_inputs(dataset, [0]).to(device, dtype)
     name, module = resolve_layer(model, layer, first)
     stats = normalizer(normalization, first.shape[1], first.dim() - 2, device)
+    group = current()
     chosen: torch.Tensor | None = None
     best: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     spatial: tuple[int, ...] = ()
-    offset = 0
     folder = None if state_dir is None else Path(state_dir)
     chosen_list = None if channels is None else [int(c) for c in channels]
     settings = {**(header or {}), "layer": name, "channels": chosen_list}
     settings = json.loads(json.dumps({**settings, "k": k, "reduce": reduce, "size": size}))
+    covered: list[tuple[int, int]] = []  # items whose scores a saved state already holds
+    done: list[tuple[int, int]] = []  # items this rank's top-k holds (what its state records)
     if folder is not None and resume:
-        restored = _load_state(folder, settings, device)
-        if restored is not None:
-            offset, chosen, best, spatial = restored
-    rest: Dataset | torch.Tensor = dataset
-    if offset:
-        rest = (
-            dataset[offset:]
-            if isinstance(dataset, torch.Tensor)
-            else Subset(dataset, range(offset, size))
-        )
+        restored = _load_states(folder, settings, device)
+        group.agree()  # every rank has read the saved states before rank 0 rewrites them
+        for ranges, *_ in restored:
+            for lo, hi in ranges:
+                covered = _add_range(covered, lo, hi)
+        if restored and group.is_main:
+            # Rank 0 carries what every saved state holds (of any number of ranks), saved
+            # again as one state before the others are removed: nothing is lost meanwhile.
+            chosen, spatial = restored[0][1], restored[0][3]
+            parts = [r[2] for r in restored]
+            best = _select(tuple(torch.cat([p[i] for p in parts], 1) for i in range(3)), k)
+            done = list(covered)
+            _save_state(folder, settings, done, chosen, best, spatial)
+            _remove_states(folder, keep_main=True)
+    # This rank's chunks of the batch size (one process: every batch), less what is covered.
+    todo = [
+        part
+        for chunk in group.chunks(size, batch_size)
+        for part in _subtract(chunk.start, chunk.stop, covered)
+    ]
     batches = tqdm(
-        iter_batches(rest, batch_size) if offset < size else iter(()),
-        total=-(-size // batch_size),
-        initial=offset // batch_size,
+        todo,
+        total=len(todo),
         desc=f"exemplars {name}",
         unit="batch",
         disable=is_quiet(quiet),
         leave=False,
     )
     saved = time.monotonic()
-    snapshot = (offset, chosen, best, spatial)  # one assignment per batch: never half-updated
+    snapshot = (done, chosen, best, spatial)  # one assignment per batch: never half-updated
     with (
         borrowed(model),
         torch.no_grad(),
         Capture(model, {name: module}, stop=True) as capture,
-        _saving(folder, settings, lambda: snapshot),
+        _saving(folder, settings, lambda: snapshot, group.rank),
     ):
-        for batch in batches:
+        for lo, hi in batches:
+            batch = _fetch_range(dataset, lo, hi)
             capture.run(apply_normalization(batch.to(device, dtype), stats))
             acts = capture.activations[name]
             if chosen is None:
                 chosen = _channels(channels, acts.shape[1], name, device)
+            if best is None:
                 spatial = tuple(acts.shape[2:])
                 empty = acts.new_empty((len(chosen), 0))
                 best = (empty, empty.long(), empty.long())
@@ -224,17 +260,33 @@ def exemplars(
             peak, where = maps.max(dim=2)
             score = peak if reduce == "max" else maps.mean(dim=2)
             n = score.shape[0]
-            index = torch.arange(offset, offset + n, device=device).expand(len(chosen), n)
+            index = torch.arange(lo, lo + n, device=device).expand(len(chosen), n)
             best = _merge(best, (score.T, index, where.T), k)
-            offset += n
-            snapshot = (offset, chosen, best, spatial)
+            done = _add_range(done, lo, lo + n)
+            snapshot = (done, chosen, best, spatial)
             if folder is not None and time.monotonic() - saved > STATE_EVERY_S:
-                _save_state(folder, settings, offset, chosen, best, spatial)
+                _save_state(folder, settings, done, chosen, best, spatial, group.rank)
                 saved = time.monotonic()
-    snapshot = (offset, chosen, best, spatial)  # one assignment per batch: never half-updated
-    if folder is not None:
-        for leftover in (folder / STATE, folder / STATE_RECORD):
-            leftover.unlink(missing_ok=True)
+    if group.distributed:
+        # The k candidates per channel of every rank (values, indices, positions; never the
+        # data), merged with the same order as one pass: value, then the lower index.
+        mine = None
+        if best is not None and chosen is not None:
+            mine = (chosen.cpu(), spatial, tuple(t.cpu() for t in best))
+        try:
+            gathered = group.agree(mine)
+        except RemoteRankError:  # another rank failed or was interrupted: keep this shard
+            if folder is not None:
+                _save_state(folder, settings, done, chosen, best, spatial, group.rank)
+            raise
+        parts = [p for p in gathered if p is not None]
+        if parts:
+            chosen, spatial = parts[0][0].to(device), tuple(parts[0][1])
+            best = _select(
+                tuple(torch.cat([p[2][i] for p in parts], 1).to(device) for i in range(3)), k
+            )
+    if folder is not None and group.is_main:
+        _remove_states(folder)
     if best is None or chosen is None:
         raise DataError("the data set yielded no inputs")
     values, indices, flat_positions = best
@@ -258,15 +310,25 @@ STATE_EVERY_S = 30.0
 _Best = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+def _state_names(rank: int) -> tuple[str, str]:
+    """The state file and record of ``rank``: :data:`STATE` and :data:`STATE_RECORD` for
+    rank 0 (and one process), ``exemplars.state.r<rank>.npz`` / ``.json`` for the others."""
+    if rank == 0:
+        return STATE, STATE_RECORD
+    return f"exemplars.state.r{rank}.npz", f"exemplars.state.r{rank}.json"
+
+
 def _save_state(
     folder: Path,
     settings: dict[str, Any],
-    offset: int,
+    done: list[tuple[int, int]],
     chosen: torch.Tensor | None,
     best: _Best | None,
     spatial: tuple[int, ...],
+    rank: int = 0,
 ) -> None:
-    """Write the running top-k after ``offset`` inputs (atomically), then its record."""
+    """Write the running top-k of the items in the ``done`` ranges (atomically), then its
+    record. Under torchrun each rank writes its own pair (:func:`_state_names`)."""
     from xaikit.io import atomic_write_bytes, atomic_write_json
 
     if chosen is None or best is None:
@@ -281,19 +343,67 @@ def _save_state(
         spatial=np.asarray(spatial, dtype=np.int64),
     )
     data = buffer.getvalue()
+    state, record_name = _state_names(rank)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / STATE, data)
-    record = {"header": settings, "offset": offset, "file": STATE, "size": len(data)}
-    atomic_write_json(folder / STATE_RECORD, record)
+    atomic_write_bytes(folder / state, data)
+    prefix = done[0][1] if done and done[0][0] == 0 else 0
+    record = {
+        "header": settings,
+        "offset": prefix,  # the items [0, offset) are all done
+        "done": [[lo, hi] for lo, hi in done],
+        "file": state,
+        "size": len(data),
+    }
+    atomic_write_json(folder / record_name, record)
+
+
+def _state_records(folder: Path) -> list[Path]:
+    """Every rank's state record in ``folder``, rank 0's first."""
+    others = []
+    for path in folder.glob("exemplars.state.r*.json"):
+        rank = path.name[len("exemplars.state.r") : -len(".json")]
+        if rank.isdigit():
+            others.append((int(rank), path))
+    return [folder / STATE_RECORD] + [path for _, path in sorted(others)]
+
+
+def _remove_states(folder: Path, keep_main: bool = False) -> None:
+    for record in _state_records(folder):
+        if keep_main and record.name == STATE_RECORD:
+            continue
+        state = record.with_suffix(".npz")
+        for leftover in (state, record):
+            leftover.unlink(missing_ok=True)
+
+
+def _load_states(
+    folder: Path, settings: dict[str, Any], device: torch.device
+) -> list[tuple[list[tuple[int, int]], torch.Tensor, _Best, tuple[int, ...]]]:
+    """The saved states (of every rank of the run that saved them, whatever their number)
+    whose record checks out and whose items no state before it holds (one that overlaps is
+    a copy that a resumed run merged and had not removed yet)."""
+    states = []
+    covered: list[tuple[int, int]] = []
+    for record in _state_records(folder):
+        state = _load_state(folder, record.name, settings, device)
+        if state is None or state[1].numel() == 0:
+            continue
+        ranges = state[0]
+        if any(_subtract(lo, hi, covered) != [(lo, hi)] for lo, hi in ranges):
+            continue
+        for lo, hi in ranges:
+            covered = _add_range(covered, lo, hi)
+        states.append(state)
+    return states
 
 
 def _load_state(
-    folder: Path, settings: dict[str, Any], device: torch.device
-) -> tuple[int, torch.Tensor, _Best, tuple[int, ...]] | None:
+    folder: Path, record_name: str, settings: dict[str, Any], device: torch.device
+) -> tuple[list[tuple[int, int]], torch.Tensor, _Best, tuple[int, ...]] | None:
     """The saved state when its record checks out (same settings, the file inside
     ``folder``, present, of the recorded size); else ``None`` (start over)."""
     try:
-        record = json.loads((folder / STATE_RECORD).read_text(encoding="utf-8"))
+        record = json.loads((folder / record_name).read_text(encoding="utf-8"))
         path = (folder / str(record["file"])).resolve()
         if (
             record.get("header") != settings
@@ -304,23 +414,64 @@ def _load_state(
             return None
         with np.load(path, allow_pickle=False) as saved:
             arrays = {key: torch.from_numpy(saved[key]).to(device) for key in saved.files}
-        offset = int(record["offset"])
+        if "done" in record:
+            ranges = [(int(lo), int(hi)) for lo, hi in record["done"]]
+        else:
+            ranges = [(0, int(record["offset"]))]
+        size = int(settings["size"])
+        if any(not 0 <= lo < hi <= size for lo, hi in ranges):
+            return None
+        best = (arrays["values"], arrays["indices"], arrays["positions"])
+        return ranges, arrays["chosen"], best, tuple(arrays["spatial"].tolist())
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    best = (arrays["values"], arrays["indices"], arrays["positions"])
-    return offset, arrays["chosen"], best, tuple(arrays["spatial"].tolist())
+
+
+def _add_range(ranges: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """``ranges`` (sorted, disjoint ``[lo, hi)``) with ``[lo, hi)`` added, adjacent merged."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted([*ranges, (lo, hi)]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _subtract(lo: int, hi: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``[lo, hi)`` outside ``ranges`` (sorted, disjoint)."""
+    parts, start = [], lo
+    for a, b in ranges:
+        if b <= start or a >= hi:
+            continue
+        if a > start:
+            parts.append((start, a))
+        start = max(start, b)
+    if start < hi:
+        parts.append((start, hi))
+    return parts
+
+
+def _fetch_range(dataset: Dataset | torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """The inputs ``[lo, hi)`` as one batch."""
+    if isinstance(dataset, torch.Tensor):
+        return dataset[lo:hi]
+    return fetch_inputs(dataset, range(lo, hi))
 
 
 @contextlib.contextmanager
 def _saving(
-    folder: Path | None, settings: dict[str, Any], current: Callable[[], tuple[Any, ...]]
+    folder: Path | None,
+    settings: dict[str, Any],
+    current: Callable[[], tuple[Any, ...]],
+    rank: int = 0,
 ) -> Iterator[None]:
     """On ``KeyboardInterrupt`` save the state ``current()`` returns, then re-raise."""
     try:
         yield
     except KeyboardInterrupt:
         if folder is not None:
-            _save_state(folder, settings, *current())
+            _save_state(folder, settings, *current(), rank)
         raise
 
 

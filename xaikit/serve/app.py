@@ -8,6 +8,8 @@
 ``GET  /api/gallery?model=ID``         data set items with prediction, confidence, loss
 ``POST /api/upload``                   an image (multipart ``file``) -> ``{"image": sha}``
 ``POST /api/explain``                  maps of one input, several methods -> a job
+                                       (every ``POST`` that starts a job takes
+                                       ``"wait": S``: answered once done, S <= 5 s)
 ``POST /api/filters``                  kernels and activations of a layer -> a job
 ``POST /api/maximize``                 activation maximization of a channel -> a job
 ``POST /api/exemplars``                data set exemplars of a channel -> a job
@@ -26,9 +28,10 @@ for the token and the Host check.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,7 @@ from xaikit.errors import XaikitError
 from xaikit.serve import security
 from xaikit.serve import work as W
 from xaikit.serve.cache import LRUCache
-from xaikit.serve.jobs import DONE, JobRunner
+from xaikit.serve.jobs import DONE, Batch, JobCancelled, JobRunner
 from xaikit.serve.models import Registry
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -136,25 +139,7 @@ def create_app(
     app.state.accepted_hosts = accepted
     app.state.max_upload_bytes = max_upload_bytes
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        if not security.host_allowed(request.headers.get("host"), accepted):
-            return _error(400, "bad Host header: this server answers only to its own address")
-        if not security.origin_allowed(request.headers.get("origin"), accepted):
-            return _error(403, "cross-origin request refused: use the page this server serves")
-        given = request.headers.get(security.TOKEN_HEADER) or request.query_params.get(
-            security.TOKEN_PARAM
-        )
-        refused = security.check_token(given, token)
-        if refused is not None:
-            text = "an access token is required" if refused == 401 else "wrong access token"
-            return _error(refused, f"{text} (the token xaikit serve printed at start)")
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cache-Control"] = "no-store"
-        return response
+    app.add_middleware(_Guard, accepted=accepted, token=token)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, err: ApiError) -> Response:
@@ -333,7 +318,9 @@ def create_app(
     def _view(body: Mapping[str, Any], default: str) -> str:
         return str(body.get("view") or default)[:80]
 
-    def _start(kind: str, view: str, key: str, compute: Any) -> dict[str, Any]:
+    def _start(
+        kind: str, view: str, key: str, compute: Any, batch: Batch | None = None
+    ) -> dict[str, Any]:
         cached = cache.get(key)
         if cached is not None:
             job = runner.finished(view, kind, cached)
@@ -344,12 +331,59 @@ def create_app(
                 cache.put(key, result, result.nbytes)
                 return result
 
-            job = runner.submit(view, kind, work)
+            job = runner.submit(view, kind, work, batch=batch)
+        return job
+
+    def explain_batch(loaded: Any, ctx: Any, payloads: list[Any]) -> list[Any]:
+        """Queued explain requests of one batch key: one batched ``explain`` call for the
+        distinct inputs (a request repeated in the batch is computed once), split per
+        request, each result cached under its own key."""
+        unique: dict[str, int] = {}
+        for i, (_prepared, _settings, key, _request) in enumerate(payloads):
+            if not ctx.skip(i):
+                unique.setdefault(key, i)
+        order = list(unique.values())
+        if not order:  # every request of the batch was cancelled meanwhile
+            raise JobCancelled
+
+        class _Sub:  # the batch context as seen by the distinct requests
+            def check(self) -> None:
+                ctx.check()
+
+            def progress(self, fraction: float, message: str = "") -> None:
+                ctx.progress(fraction, message)
+
+            def skip(self, j: int) -> bool:
+                return bool(ctx.skip(order[j]))
+
+        results = W.explain_views(
+            loaded,
+            [payloads[i][0] for i in order],
+            [payloads[i][1] for i in order],
+            _Sub(),
+            [payloads[i][2] for i in order],
+        )
+        by_key = {}
+        for i, result in zip(order, results, strict=True):
+            if result is None:
+                continue
+            result.extra["request"] = payloads[i][3]
+            cache.put(payloads[i][2], result, result.nbytes)
+            by_key[payloads[i][2]] = result
+        return [by_key.get(payload[2]) for payload in payloads]
+
+    async def _answer(start: Any, body: dict[str, Any]) -> Response:
+        """Start a job (in a thread: it may load a model) and, with ``"wait": S`` in the
+        body (seconds, at most 5), hold the answer until it finished or the time is up: a
+        view that computes quickly needs one request, not a second to poll."""
+        wait = _wait_s(body.get("wait"))
+        job = await run_in_threadpool(start, body)
+        await _until_finished(job, wait)
         return _job_json(job)
 
     @app.post("/api/explain")
     async def explain(request: Request) -> Any:
-        return await run_in_threadpool(start_explain, await _json(request))
+        return await _answer(start_explain, await _json(request))
 
     def start_explain(body: dict[str, Any]) -> Any:
         loaded = _model(body.get("model"))
@@ -383,11 +417,18 @@ def create_app(
             result.extra["request"] = request_json
             return result
 
-        return _start("explain", _view(body, "explain"), key, compute)
+        batch = None
+        if W.batchable(loaded, settings):
+            batch = Batch(
+                W.batch_key(loaded, settings),
+                lambda ctx, payloads: explain_batch(loaded, ctx, payloads),
+                (prepared, settings, key, request_json),
+            )
+        return _start("explain", _view(body, "explain"), key, compute, batch)
 
     @app.post("/api/filters")
     async def filters(request: Request) -> Any:
-        return await run_in_threadpool(start_filters, await _json(request))
+        return await _answer(start_filters, await _json(request))
 
     def start_filters(body: dict[str, Any]) -> Any:
         loaded = _model(body.get("model"))
@@ -403,7 +444,7 @@ def create_app(
 
     @app.post("/api/maximize")
     async def maximize(request: Request) -> Any:
-        return await run_in_threadpool(start_maximize, await _json(request))
+        return await _answer(start_maximize, await _json(request))
 
     def start_maximize(body: dict[str, Any]) -> Any:
         loaded = _model(body.get("model"))
@@ -420,7 +461,7 @@ def create_app(
 
     @app.post("/api/exemplars")
     async def exemplars(request: Request) -> Any:
-        return await run_in_threadpool(start_exemplars, await _json(request))
+        return await _answer(start_exemplars, await _json(request))
 
     def start_exemplars(body: dict[str, Any]) -> Any:
         loaded = _model(body.get("model"))
@@ -440,14 +481,14 @@ def create_app(
         )
 
     @app.get("/api/jobs/{job_id}")
-    def job_status(job_id: str, wait: float = 0.0) -> Any:
+    async def job_status(job_id: str, wait: float = 0.0) -> Any:
         """The job's status; ``wait`` (seconds, at most 5) holds the answer until the job
-        finished or the time is up (a long poll: fewer requests, prompt results)."""
+        finished or the time is up (a long poll: fewer requests, prompt results; no
+        thread is held while it waits)."""
         job = runner.get(job_id)
         if job is None:
             raise ApiError(404, "unknown job")
-        if wait > 0:
-            job.wait(min(float(wait), MAX_WAIT_S))
+        await _until_finished(job, _wait_s(wait))
         return _job_json(job)
 
     @app.post("/api/jobs/{job_id}/cancel")
@@ -507,7 +548,12 @@ def create_app(
         return {
             "cache": cache.stats(),
             "uploads": registry.uploads.stats(),
-            "jobs": {"started": runner.started, "cancelled": runner.cancelled},
+            "jobs": {
+                "started": runner.started,
+                "cancelled": runner.cancelled,
+                "batches": runner.batches,
+                "coalesced": runner.coalesced,
+            },
             "model_loads": {e.id: e.loads for e in registry.entries.values() if e.loads},
         }
 
@@ -516,16 +562,106 @@ def create_app(
 
 # -- helpers ------------------------------------------------------------------------------
 
+SECURITY_HEADERS = (
+    ("content-security-policy", CSP),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+)
+
+
+class _Guard:
+    """The Host, Origin and token checks of every request, and the security headers of
+    every answer: a plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task
+    and a stream per request, a large share of a cached view's time)."""
+
+    def __init__(self, app: Any, accepted: Any, token: str | None) -> None:
+        self.app = app
+        self.accepted = accepted
+        self.token = token
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers, QueryParams
+
+        headers = Headers(scope=scope)
+        refusal = None
+        if not security.host_allowed(headers.get("host"), self.accepted):
+            refusal = (400, "bad Host header: this server answers only to its own address")
+        elif not security.origin_allowed(headers.get("origin"), self.accepted):
+            refusal = (403, "cross-origin request refused: use the page this server serves")
+        else:
+            given = headers.get(security.TOKEN_HEADER)
+            if not given and self.token is not None:
+                given = QueryParams(scope.get("query_string", b"")).get(security.TOKEN_PARAM)
+            refused = security.check_token(given, self.token)
+            if refused is not None:
+                text = "an access token is required" if refused == 401 else "wrong access token"
+                refusal = (refused, f"{text} (the token xaikit serve printed at start)")
+        if refusal is not None:
+            await _error(*refusal)(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                raw = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower() not in _SECURITY_NAMES
+                ]
+                raw += [(name.encode(), value.encode()) for name, value in SECURITY_HEADERS]
+                message = {**message, "headers": raw}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+_SECURITY_NAMES = {name.encode() for name, _value in SECURITY_HEADERS}
+
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": _one_line(message)}, status_code=status)
 
 
-def _job_json(job: Any) -> dict[str, Any]:
-    out = job.public()
+def _job_json(job: Any) -> Response:
+    """A job's status as the page reads it; once done, with its result (encoded once)."""
+    head = json.dumps(job.public(), separators=(",", ":")).encode("utf-8")
     if job.status == DONE and job.result is not None:
-        out["result"] = job.result.public
-    return out
+        head = head[:-1] + b',"result":' + job.result.public_json() + b"}"
+    return Response(head, media_type="application/json")
+
+
+def _wait_s(value: Any) -> float:
+    """A long poll's ``wait`` in seconds, clamped to ``[0, MAX_WAIT_S]``."""
+    if value is None or value == "":
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, f"wait must be a number of seconds, got {str(value)[:40]!r}")
+    seconds = float(value)
+    return min(MAX_WAIT_S, seconds) if seconds > 0 else 0.0
+
+
+async def _until_finished(job: Any, timeout: float) -> None:
+    """Wait (on the event loop, holding no thread) until ``job`` finished, ``timeout``
+    seconds at most."""
+    if timeout <= 0 or job.finished_event.is_set():
+        return
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+
+    def wake() -> None:
+        if not finished.done():
+            finished.set_result(None)
+
+    def notify() -> None:  # on the worker thread
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(wake)
+
+    job.add_done_callback(notify)
+    with suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(finished, timeout)
 
 
 def _int(value: Any, name: str) -> int:

@@ -63,6 +63,7 @@ class Prepared:
     hash: str
     source: dict[str, Any]
     label: Any = None  # the data set's target, when the input is an item
+    picture: str | None = None  # the input drawn as a data URI, once it was drawn
 
 
 @dataclass

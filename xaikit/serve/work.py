@@ -1,7 +1,9 @@
 """What the worker computes for each view, through the library's own API.
 
 * :func:`explain_view`: :func:`xaikit.explain` with every chosen method in one call (image
-  and signal models), or :func:`xaikit.explain.temporal.explain_sequence` per method plus
+  and signal models; :func:`explain_views` stacks the inputs of several queued requests of
+  the same settings into that one call, the worker's coalescing), or
+  :func:`xaikit.explain.temporal.explain_sequence` per method plus
   :func:`xaikit.filters.lstm_states` (recurrent models);
 * :func:`filters_view`: :func:`xaikit.filters.weights` and :func:`xaikit.filters.activations`
   of one layer for the current input;
@@ -46,9 +48,20 @@ class ViewResult:
 
     @property
     def nbytes(self) -> int:
-        size = len(json.dumps(self.public, default=str))
+        size = len(self.public_json())
         size += sum(int(a.nbytes) for a in self.arrays.values())
         return size + sum(len(b) for b in self.figures.values()) + 4096
+
+    def public_json(self) -> bytes:
+        """:attr:`public` as JSON bytes, encoded once (every poll of the job, every cache
+        hit answers these bytes)."""
+        encoded = self.extra.get("_json")
+        if encoded is None:
+            encoded = json.dumps(
+                self.public, default=str, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            ).encode("utf-8")
+            self.extra["_json"] = encoded
+        return encoded
 
 
 def view_key(kind: str, *parts: Any) -> str:
@@ -125,9 +138,11 @@ def _explicit_targets(loaded: Any, target: Any, logits: Any) -> list[int]:
     return [int(target)]
 
 
-def prediction_summary(loaded: Any, logits: Any, top: int = 5) -> list[dict[str, Any]]:
+def prediction_summary(
+    loaded: Any, logits: Any, top: int = 5, probs: Any = None
+) -> list[dict[str, Any]]:
     """The top classes with their logits and probabilities (what the model says)."""
-    probs = _probabilities(loaded, logits)[0]
+    probs = (_probabilities(loaded, logits) if probs is None else probs)[0]
     order = probs.argsort(descending=True)[: min(top, probs.numel())].tolist()
     return [
         {
@@ -170,27 +185,132 @@ def check_methods(loaded: Any, methods: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: Methods whose per-input maps do not depend on the other inputs of a batch (no noise or
+#: sampling seeded by the input's index in the call): the worker may stack queued requests
+#: for them into one :func:`xaikit.explain` call (``tests/serve`` holds each to equality).
+BATCHABLE_METHODS = frozenset(
+    {
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "gradcam-elementwise",
+        "saliency",
+        "inputxgrad",
+        "ig",
+        "guided-backprop",
+        "guided-gradcam",
+        "deconvolution",
+        "occlusion",
+    }
+)
+#: At most this many requests are explained by one batched call.
+MAX_BATCH = 32
+
+
+def batchable(loaded: Any, settings: Mapping[str, Any]) -> bool:
+    """Whether requests with ``settings`` may share one batched :func:`xaikit.explain`."""
+    return loaded.kind != "sequence" and all(m in BATCHABLE_METHODS for m in settings["methods"])
+
+
+def batch_key(loaded: Any, settings: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What requests must share to be explained together: model and every setting the maps
+    depend on (the colormap only draws, so it may differ)."""
+    return (
+        "explain",
+        loaded.id,
+        loaded.hash,
+        tuple(settings["methods"]),
+        _target_group(settings["target"]),
+        settings.get("layer") or "auto",
+        settings.get("reshape") or "auto",
+        settings.get("score", "logit"),
+        settings.get("seed", 0),
+    )
+
+
 def explain_view(
     loaded: Any, prepared: Any, settings: Mapping[str, Any], ctx: Any, key: str
 ) -> ViewResult:
     """Every chosen method's maps of one input, with scores and probabilities per target."""
-    methods = list(settings["methods"])
-    target = settings["target"]
-    score = settings.get("score", "logit")
-    x = prepared.x
+    return explain_views(loaded, [prepared], [settings], ctx, [key])[0]
+
+
+def explain_views(
+    loaded: Any,
+    prepared: Sequence[Any],
+    settings: Sequence[Mapping[str, Any]],
+    ctx: Any,
+    keys: Sequence[str],
+) -> list[ViewResult]:
+    """:func:`explain_view` of several inputs by one :func:`xaikit.explain` call (the
+    inputs stacked into one batch); ``settings[i]`` is request ``i``'s (they agree on
+    :func:`batch_key`; the colormap may differ). One forward pass: the logits of the
+    prediction panel are the ones ``explain`` computed (read by the target callable).
+    ``ctx.skip(i)``, when the context has it, says request ``i`` was cancelled meanwhile:
+    its pictures are not drawn (``None`` in its place)."""
+    import torch
+
+    first = settings[0]
+    methods = list(first["methods"])
+    target = first["target"]
+    targets = [s["target"] for s in settings]
+    score = first.get("score", "logit")
+    x = prepared[0].x if len(prepared) == 1 else torch.cat([p.x for p in prepared])
     with loaded.lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ctx.progress(0.05, "forward pass")
-        logits = _logits(loaded, x)
-        probs = _probabilities(loaded, logits)
         if loaded.kind == "sequence":
-            per_method = _sequence_maps(loaded, x, methods, target, logits, score, ctx)
+            if len(prepared) != 1:
+                raise XaikitConfigError("recurrent models are explained one input at a time")
+            ctx.progress(0.05, "forward pass")
+            logits = _logits(loaded, x)
+            per_input = [_sequence_maps(loaded, x, methods, target, logits, score, ctx)]
             extra = {"states": lstm_view(loaded, x)}
         else:
-            per_method = _explain_maps(loaded, x, methods, target, logits, settings, ctx)
+            per_input, logits = _explain_maps(loaded, x, methods, targets, first, ctx)
             extra = {}
+    probs = _probabilities(loaded, logits)
     ctx.progress(0.9, "drawing")
+    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    # a batch draws no pictures for a request cancelled meanwhile (one alone has just
+    # passed its check: it is drawn)
+    skip = getattr(ctx, "skip", None) if len(prepared) > 1 else None
+    out: list[ViewResult] = []
+    for i, per_method in enumerate(per_input):
+        if skip is not None and skip(i):
+            out.append(None)  # type: ignore[arg-type]
+            continue
+        out.append(
+            _render(
+                loaded,
+                prepared[i],
+                settings[i],
+                per_method,
+                logits[i : i + 1],
+                probs[i : i + 1],
+                notes,
+                extra,
+                keys[i],
+            )
+        )
+    return out
+
+
+def _render(
+    loaded: Any,
+    prepared: Any,
+    settings: Mapping[str, Any],
+    per_method: Mapping[str, Mapping[str, Any]],
+    logits: Any,
+    probs: Any,
+    notes: list[str],
+    extra: Mapping[str, Any],
+    key: str,
+) -> ViewResult:
+    """One request's result: its maps drawn (PNG data URIs), arrays kept for downloads."""
     cmap = settings.get("cmap") or DEFAULT_CMAP
+    x = prepared.x
     result = ViewResult(key, {})
     rendered = []
     for method, info in per_method.items():
@@ -199,13 +319,16 @@ def explain_view(
             heat = info["maps"][k]
             result.arrays[f"{method}/{k}/map"] = heat.astype(np.float32)
             result.arrays[f"{method}/{k}/raw"] = info["raw"][k].astype(np.float32)
+            probability = info["probabilities"][k] if "probabilities" in info else None
             maps.append(
                 {
                     "k": k,
                     "target": target_index,
                     "name": loaded.class_name(target_index),
                     "score": info["scores"][k],
-                    "probability": float(probs[0, target_index]),
+                    "probability": float(
+                        probs[0, target_index] if probability is None else probability
+                    ),
                     "degenerate": info["degenerate"][k],
                     "src": views.pixels_uri(views.heatmap_pixels(heat, cmap)),
                     "range": [float(heat.min()), float(heat.max())],
@@ -219,28 +342,48 @@ def explain_view(
                 "maps": maps,
             }
         )
-    picture = views.input_pixels(x[0], loaded.kind, loaded.normalization)
     result.extra["x"] = x[0].detach().cpu()
     result.public = {
         "key": key,
         "model": loaded.id,
         "kind": loaded.kind,
         "input": {
-            "src": views.pixels_uri(picture),
+            "src": _input_uri(loaded, prepared),
             "shape": list(x.shape[1:]),
             "hash": prepared.hash,
             "source": prepared.source,
             "label": _label_text(loaded, prepared.label),
         },
-        "prediction": prediction_summary(loaded, logits),
+        "prediction": prediction_summary(loaded, logits, probs=probs),
         "methods": rendered,
         "colorbar": views.colorbar_uri(cmap),
         "cmap": cmap,
-        "settings": dict(settings, target=_target_json(target)),
-        "warnings": list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught)),
+        "settings": dict(settings, target=_target_json(settings["target"])),
+        "warnings": notes,
         **extra,
     }
     return result
+
+
+def _input_uri(loaded: Any, prepared: Any) -> str:
+    """The input as the page draws it under the maps, drawn once per prepared input."""
+    uri = prepared.picture
+    if uri is None:
+        picture = views.input_pixels(prepared.x[0], loaded.kind, loaded.normalization)
+        uri = views.pixels_uri(picture, level=0)  # deflate hardly shrinks an input image
+        prepared.picture = uri
+    return uri
+
+
+KEYWORD_TARGETS = ("predicted", "positive", "all")
+
+
+def _target_group(target: Any) -> Any:
+    """What requests must share of their targets to be batched: the keyword or top-k, or
+    ``"class"`` for an explicit class (each row then gets its own)."""
+    if isinstance(target, tuple) or (isinstance(target, str) and target in KEYWORD_TARGETS):
+        return _target_json(target)
+    return "class"
 
 
 def _target_json(target: Any) -> Any:
@@ -258,25 +401,54 @@ def _label_text(loaded: Any, label: Any) -> Any:
     return [loaded.class_name(int(i)) for i in label.nonzero().flatten().tolist()]
 
 
+class _LogitsTarget:
+    """The request's target as a callable on the logits :func:`xaikit.explain` computes:
+    it keeps them (the prediction panel needs no second forward pass) and answers the
+    target, top-k included (``(N, k)`` indices, one row per input)."""
+
+    def __init__(self, targets: Sequence[Any], class_names: Sequence[str] | None) -> None:
+        self.targets = list(targets)
+        self.class_names = list(class_names or [])
+        self.logits: Any = None
+
+    def __call__(self, logits: Any) -> Any:
+        self.logits = logits.detach()
+        first = self.targets[0]
+        if isinstance(first, tuple):
+            k = min(first[1], int(logits.shape[-1]))
+            return logits.detach().topk(k, dim=1).indices
+        if isinstance(first, str) and first in KEYWORD_TARGETS:
+            return first  # the same keyword for every row (the batch key says so)
+        if len(self.targets) == 1:
+            return first
+        # a class per request (index or name): one per row, as a list
+        return [self._index(t) for t in self.targets]
+
+    def _index(self, target: Any) -> Any:
+        if isinstance(target, str) and target in self.class_names:
+            return self.class_names.index(target)
+        return target
+
+
 def _explain_maps(
     loaded: Any,
     x: Any,
     methods: list[str],
-    target: Any,
-    logits: Any,
+    targets: Sequence[Any],
     settings: Mapping[str, Any],
     ctx: Any,
-) -> dict[str, dict[str, Any]]:
+) -> tuple[list[dict[str, dict[str, Any]]], Any]:
+    """Maps of every input of ``x`` (one :func:`xaikit.explain` call; ``targets``: one per
+    input), and the logits."""
     import xaikit
 
-    if isinstance(target, tuple):
-        target = [_explicit_targets(loaded, target, logits)]
     ctx.progress(0.1, f"explaining with {', '.join(methods)}")
+    picker = _LogitsTarget(targets, loaded.class_names)
     results = xaikit.explain(
         loaded.model,
         x,
         method=methods,
-        target=target,
+        target=picker,
         layer=settings.get("layer") or "auto",
         reshape=settings.get("reshape") or "auto",
         score=settings.get("score", "logit"),
@@ -286,20 +458,33 @@ def _explain_maps(
         quiet=True,
     )
     ctx.check()
-    out = {}
+    logits = picker.logits
+    if logits is None or logits.shape[0] != x.shape[0]:  # explained in chunks: forward once
+        logits = _logits(loaded, x)
+    logits = logits.float()
+    n = int(x.shape[0])
+    out: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
     for method, res in results.items():
-        valid = res.valid[0].cpu()
-        keep = [k for k in range(valid.numel()) if bool(valid[k])]
-        out[method] = {
-            "targets": [int(res.targets[0, k]) for k in keep],
-            "maps": [res.maps[0, k].detach().float().cpu().numpy() for k in keep],
-            "raw": [res.raw[0, k].detach().float().cpu().numpy() for k in keep],
-            "scores": [float(res.scores[0, k]) for k in keep],
-            "degenerate": [bool(res.degenerate[0, k]) for k in keep],
-            "layer": res.layer,
-            "layout": res.layout,
-        }
-    return out
+        valid = res.valid.cpu()
+        targets = res.targets.cpu().tolist()
+        scores = res.scores.detach().float().cpu().tolist()
+        probabilities = res.probabilities.detach().float().cpu().tolist()
+        degenerate = res.degenerate.cpu().tolist()
+        maps = res.maps.detach().float().cpu().numpy()
+        raw = res.raw.detach().float().cpu().numpy()
+        for i in range(n):
+            keep = [k for k in range(valid.shape[1]) if bool(valid[i, k])]
+            out[i][method] = {
+                "targets": [int(targets[i][k]) for k in keep],
+                "maps": [maps[i, k] for k in keep],
+                "raw": [raw[i, k] for k in keep],
+                "scores": [float(scores[i][k]) for k in keep],
+                "probabilities": [float(probabilities[i][k]) for k in keep],
+                "degenerate": [bool(degenerate[i][k]) for k in keep],
+                "layer": res.layer,
+                "layout": res.layout,
+            }
+    return out, logits
 
 
 def _sequence_maps(

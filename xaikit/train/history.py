@@ -29,6 +29,10 @@ HISTORY_SPEC = List(
 )
 
 
+#: The files :meth:`History.save` writes, by kind.
+HISTORY_FILES = {"csv": "history.csv", "json": "history.json", "curves": "curves.png"}
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with every nan or infinite float replaced by ``None`` (strict JSON has no
     NaN, and browsers' ``JSON.parse`` rejects it)."""
@@ -73,11 +77,7 @@ class History(list):
         Returns the paths by kind (``"csv"``, ``"json"``, ``"curves"``).
         """
         folder = Path(directory)
-        paths = {
-            "csv": folder / "history.csv",
-            "json": folder / "history.json",
-            "curves": folder / "curves.png",
-        }
+        paths = {kind: folder / name for kind, name in HISTORY_FILES.items()}
         atomic_write_text(paths["csv"], self.to_csv())
         atomic_write_json(paths["json"], json_safe(list(self)))
         plot_history(self, paths["curves"])

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from xaikit.errors import XaikitConfigError
 from xaikit.zoo.heads import Task
@@ -93,6 +92,8 @@ def average_precision(scores: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     Uses :func:`sklearn.metrics.average_precision_score`; a label with no positive example
     has no defined AP and gets ``nan``.
     """
+    from sklearn.metrics import average_precision_score  # 1 s to import: only when needed
+
     s = _numpy(scores).reshape(scores.shape[0], -1)
     t = _numpy(target).reshape(s.shape) >= 0.5
     values = [
@@ -112,6 +113,8 @@ def auroc(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Uses :func:`sklearn.metrics.roc_auc_score`; ``nan`` when only one class is present.
     """
+    from sklearn.metrics import roc_auc_score
+
     s = _numpy(scores).reshape(-1)
     t = _numpy(target).reshape(-1) >= 0.5
     if t.all() or not t.any():
@@ -142,6 +145,15 @@ class RunningMetric:
     def compute(self) -> float:
         raise NotImplementedError
 
+    def totals(self) -> list[float]:
+        """The counts behind the metric, as plain numbers (what ranks exchange)."""
+        raise NotImplementedError
+
+    def merge(self, totals: list[list[float]]) -> None:
+        """Replace the counts by the sums of ``totals`` (every rank's :meth:`totals`), so
+        :meth:`compute` gives the metric over the union of the ranks' batches, exactly."""
+        raise NotImplementedError
+
 
 class RunningAccuracy(RunningMetric):
     """Fraction of correct predictions; targets go through ``to_labels`` first."""
@@ -160,6 +172,13 @@ class RunningAccuracy(RunningMetric):
 
     def compute(self) -> float:
         return float(self.correct) / max(self.total, 1)
+
+    def totals(self) -> list[float]:
+        return [float(self.correct), float(self.total)]
+
+    def merge(self, totals: list[list[float]]) -> None:
+        self.correct = int(sum(t[0] for t in totals))
+        self.total = int(sum(t[1] for t in totals))
 
 
 class RunningMicroF1(RunningMetric):
@@ -180,6 +199,18 @@ class RunningMicroF1(RunningMetric):
             return float("nan")
         tp, wrong = (float(v) for v in self.counts.tolist())
         return 2 * tp / (2 * tp + wrong) if tp + wrong > 0 else 0.0
+
+    def totals(self) -> list[float]:
+        return [] if self.counts is None else [float(v) for v in self.counts.tolist()]
+
+    def merge(self, totals: list[list[float]]) -> None:
+        present = [t for t in totals if t]
+        if not present:
+            self.counts = None
+            return
+        self.counts = torch.tensor(
+            [sum(t[0] for t in present), sum(t[1] for t in present)], dtype=torch.float64
+        )
 
 
 # --- what each task reports -----------------------------------------------------------------

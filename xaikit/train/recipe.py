@@ -279,12 +279,19 @@ def train_recipe(
     ``history.csv``/``.json``, ``curves.png`` and ``metrics.json``.
 
     ``resume=True`` continues from ``out/last`` exactly where it stopped.
+
+    Under torchrun every rank calls it: the ranks train together (see
+    :class:`~xaikit.train.Trainer`) and evaluate the test split together; rank 0 alone
+    writes into ``out``, and every rank returns once the files are there. The cards record
+    ``world_size``, the number of processes.
     """
     from xaikit.data import load
     from xaikit.data.registry import dataset_splits
+    from xaikit.distributed import current
     from xaikit.train.trainer import Trainer
 
     out = Path(out)
+    group = current()
     recipe.check()  # flags laid over a recipe, or a recipe built in code, are checked too
     seed = int(recipe.train_options.get("seed", 0))
     options = data_options(recipe, seed)
@@ -305,6 +312,7 @@ def train_recipe(
         # Written here for every architecture: the Trainer can only tell a zoo head's width,
         # so a torchvision or timm model used to lose its class names.
         "normalization": getattr(full_train, "normalization", None),
+        "world_size": group.world,
     }
     classes = list(getattr(full_train, "classes", []) or [])
     if classes and getattr(model, "spec", {}).get("num_classes") == len(classes):
@@ -316,8 +324,10 @@ def train_recipe(
         card=card,
     )
     last = out / "last.safetensors"
-    if resume:
+    if resume and group.is_main:
         commit_staged(out)  # finish a checkpoint whose commit a crash cut short
+    if resume and group.distributed:
+        group.agree()  # the other ranks look for `last` once rank 0 has completed it
     if resume and not last.exists():
         raise XaikitConfigError(f"--resume: no checkpoint to resume from in {out}")
     split_file = None
@@ -333,7 +343,8 @@ def train_recipe(
                 "seed, fractions or the folder changed); resume with the settings the run "
                 "started with"
             )
-        atomic_write_json(split_file, manifest)
+        if group.is_main:
+            atomic_write_json(split_file, manifest)
     trainer.fit(train, val, epochs=recipe.epochs, resume=out / "last" if resume else None)
     history_files = trainer.save_history(out)
     chosen = trainer.best_checkpoint if val is not None else trainer.last_checkpoint
@@ -360,9 +371,13 @@ def train_recipe(
         if k not in ("format", "format_version", "architecture", "config", "task", "weights_file")
         and k not in ("weights_sha256", "xaikit_version", "torch_version", "created", "metrics")
     }
-    checkpoint = save_model(
-        model, out / "model", **{**keep, "metrics": metrics, "selection": selection}
-    )
-    atomic_write_json(out / "metrics.json", metrics)
+    checkpoint = out / "model.safetensors"
+    if group.is_main:
+        checkpoint = save_model(
+            model, out / "model", **{**keep, "metrics": metrics, "selection": selection}
+        )
+        atomic_write_json(out / "metrics.json", metrics)
+    if group.distributed:
+        group.agree()  # every rank returns with the files written
     kind = getattr(test, "input_kind", None)
     return TrainingRun(model, metrics, checkpoint, history_files, selection, split_file, kind)

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import threading
@@ -36,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -220,6 +222,14 @@ STATE_SPEC = Table(
                 "history": List(Table({"epoch": Int(low=1)}, required=("epoch",), extra=True)),
                 "rng": Table({"sampler": _TENSOR_REF}, required=("sampler",), extra=_TENSOR_REF),
                 "input_shape": List(Int(low=1), min_len=1, max_len=4, optional=True),
+                # Under torchrun: the number of processes, and every rank's random state
+                # (shuffling generator, torch, numpy, python), indexed by rank.
+                "world_size": Int(1, 1 << 20, optional=True),
+                "ranks": List(
+                    Table({"sampler": _TENSOR_REF}, required=("sampler",), extra=True),
+                    max_len=1 << 20,
+                    optional=True,
+                ),
             },
             required=("epoch", "plan", "recipe", "optimizer", "monitor", "history", "rng"),
             extra=True,
@@ -317,18 +327,60 @@ def defer_keyboard_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def get_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """The global RNG states that dropout and unseeded samplers draw from."""
-    state = {"cpu": torch.get_rng_state()}
+def get_rng_state(device: torch.device, host: bool = False) -> dict[str, Any]:
+    """The global RNG states that dropout and unseeded samplers draw from.
+
+    ``{"cpu": ByteTensor, "cuda": ByteTensor (on CUDA)}``; with ``host`` also ``"numpy"``
+    (``{"keys": (624,) int64, "pos", "has_gauss", "gauss"}``) and ``"python"`` (``{"version",
+    "state": (625,) int64, "gauss"}``): what a rank of a distributed run saves, so that data
+    augmentations drawing from numpy or :mod:`random` resume exactly too.
+    """
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    if host:
+        _, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        }
+        version, internal, gauss_next = random.getstate()
+        state["python"] = {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss_next,
+        }
     return state
 
 
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`get_rng_state` returned (the numpy and python parts when present)."""
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+    if "numpy" in state:
+        saved = state["numpy"]
+        keys = saved["keys"].numpy().astype(np.uint32)
+        np.random.set_state(
+            ("MT19937", keys, int(saved["pos"]), int(saved["has_gauss"]), float(saved["gauss"]))
+        )
+    if "python" in state:
+        saved = state["python"]
+        internal = tuple(int(v) for v in saved["state"].tolist())
+        random.setstate((int(saved["version"]), internal, saved["gauss"]))
+
+
+@contextlib.contextmanager
+def private_host_rng() -> Iterator[None]:
+    """Run the block with numpy's and :mod:`random`'s global states forked (restored after)."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 @contextlib.contextmanager

@@ -25,13 +25,47 @@ dropout draws from the global RNG, which ``fit`` forks (the caller's RNG state i
 afterwards) and seeds. Both states go into the ``last`` checkpoint, so a resumed run is
 bit-identical to one that was never interrupted (on CPU; CUDA kernels are not all
 deterministic).
+
+Several processes (``torchrun --nproc-per-node N``, after
+:func:`xaikit.distributed.init_from_env`): the trainer of each rank wraps the model in
+:class:`~torch.nn.parallel.DistributedDataParallel` (gloo on CPU, ``device_ids`` on CUDA,
+each rank on ``cuda:<LOCAL_RANK>``) and feeds it a :class:`DistributedSampler` seeded with
+``seed`` and told the epoch (``set_epoch``) before every epoch, so the shuffling changes
+with the epoch and resumes exactly. ``batch_size`` stays the **global** batch: each rank
+takes ``batch_size / N`` items per step (a ``batch_size`` that ``N`` does not divide is
+refused) and the gradients are averaged over the ranks, so a step sees the gradient of the
+mean loss over ``batch_size`` items, as one process would. Step ``t`` is made of the items
+``[t * batch_size, (t + 1) * batch_size)`` of the epoch's permutation (see
+:func:`~xaikit.train.loaders.make_distributed_loader`): a single process given a DataLoader
+with ``DistributedSampler(data, num_replicas=1, rank=0, seed=seed)`` and the same batch size
+trains on the same batches (tested to 1e-5 on the weights after 2 epochs; the difference is
+float summation order). Caveats: when ``N`` does not divide the number of items, the
+sampler repeats a few of them to even the shards; BatchNorm layers normalize each rank's
+batch with that rank's own statistics (``SyncBatchNorm`` needs a GPU in torch 2.14; convert
+the model with :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm` for GPU runs that must
+match one process), so the equivalence holds exactly for models without BatchNorm.
+
+Validation and :meth:`Trainer.evaluate` are collective: every rank evaluates its share of
+whole batches, the logits are gathered (:func:`xaikit.distributed.gather_in_order`, in the
+order of the items) and every rank computes the metrics over the whole set: the same
+figures as one process, bit for bit, so early stopping and the best epoch agree on every
+rank. The training loss and metric are reduced from sums and counts. Rank 0 alone prints
+and writes checkpoints and histories; it gathers every rank's random state (shuffling
+generator, torch CPU / CUDA, numpy, python ``random``) into ``last``, and on resume each
+rank restores its own. A checkpoint records its ``world_size``; resuming it with another
+number of processes is refused (the shuffling and the random states are per rank), in one
+line that says how many to launch. :meth:`Trainer.stop` must be called on every rank at the
+same step (a callback that decides on the epoch record does; a rank that stops alone leaves
+the others waiting).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
+import random
 import shutil
 import sys
 import time
@@ -39,19 +73,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from xaikit import distributed
 from xaikit.errors import CheckpointError, DataError, XaikitConfigError, XaikitError
 from xaikit.train.callbacks import Callback
-from xaikit.train.history import History, json_safe
+from xaikit.train.history import HISTORY_FILES, History, json_safe
 from xaikit.train.loaders import (
     TrainData,
     dataset_of,
+    make_distributed_loader,
     make_loader,
+    make_sharded_eval_loader,
     resolve_device,
     split_batch,
 )
@@ -71,6 +111,7 @@ from xaikit.train.state import (
     load_training_state,
     model_file,
     private_global_rng,
+    private_host_rng,
     save_training_state,
     set_rng_state,
     staging_dir,
@@ -84,6 +125,18 @@ if TYPE_CHECKING:
 
 class TrainingDivergedError(XaikitError):
     """The loss became nan or infinite; training stopped and the last good checkpoint was kept."""
+
+
+def check_batch_size(batch_size: int, world: int) -> None:
+    """Refuse a global ``batch_size`` that the ``world`` processes of a run cannot share
+    evenly (one :class:`~xaikit.errors.XaikitConfigError` line)."""
+    if world > 1 and batch_size >= 1 and batch_size % world:
+        lower = max(world, batch_size - batch_size % world)
+        raise XaikitConfigError(
+            f"batch_size {batch_size} cannot be split evenly over the {world} processes of "
+            f"this run (each takes batch_size / {world} items per step); give a multiple of "
+            f"{world}, e.g. {lower} or {lower + world}"
+        )
 
 
 class Trainer:
@@ -102,7 +155,8 @@ class Trainer:
         step_size, gamma: ``step`` multiplies the rate by ``gamma`` every ``step_size`` epochs.
         min_lr: the floor of ``cosine``.
         pct_start: the warm-up fraction of ``onecycle``.
-        batch_size: batch size for data given as a Dataset (a DataLoader keeps its own).
+        batch_size: batch size for data given as a Dataset (a DataLoader keeps its own);
+            under torchrun the global batch, split evenly over the processes.
         grad_clip: clip the global L2 norm of the gradients to this value.
         early_stopping: stop after this many epochs without improvement of ``monitor``.
         monitor: the history key that picks the best checkpoint and drives early stopping;
@@ -121,7 +175,7 @@ class Trainer:
         train_metrics: also report the task's running metric on the training batches.
         log_every: refresh the progress bar's loss (and check it is finite) every so many
             steps; each refresh is one host sync.
-        quiet: no progress bar and no epoch summaries.
+        quiet: no progress bar and no epoch summaries (always quiet on ranks other than 0).
         callbacks: :class:`~xaikit.train.callbacks.Callback` objects.
         card: extra model-card fields for the checkpoints (``class_names``,
             ``normalization``, a data set name, ...).
@@ -173,7 +227,12 @@ class Trainer:
             raise XaikitConfigError(
                 f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)} or none"
             )
-        self.device = resolve_device(device)
+        #: this process's rank among those of the run (a group of one without torchrun).
+        self.group = distributed.current()
+        check_batch_size(batch_size, self.group.world)
+        self.device = resolve_device(
+            self.group.device(str(device)) if self.group.distributed else device
+        )
         self.model = model.to(self.device)
         self.task = get_task(model)
         self.metrics = metrics_for(self.task)
@@ -219,7 +278,7 @@ class Trainer:
         self.num_workers = num_workers
         self.train_metrics = train_metrics
         self.log_every = log_every
-        self.quiet = quiet
+        self.quiet = quiet or not self.group.is_main
         self.callbacks = list(callbacks)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.card = dict(card or {})
@@ -235,7 +294,9 @@ class Trainer:
         self._amp = amp and self.device.type == "cuda"
         self._scaler = torch.amp.GradScaler("cuda", enabled=self._amp)
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self._generator = torch.Generator().manual_seed(seed)
+        # Shuffling (one process) or the loader's worker seeds (each rank its own stream).
+        self._generator = torch.Generator().manual_seed(seed + self.group.rank)
+        self._ddp: DistributedDataParallel | None = None
         self._rng_state: dict[str, torch.Tensor] | None = None
         self._plan: dict[str, int] | None = None
         self._input_shape: list[int] | None = None
@@ -255,8 +316,14 @@ class Trainer:
 
         Args:
             train: a Dataset whose items are tuples ``(input, target, ...)``, a DataLoader of
-                such batches, or a pair of tensors ``(inputs, targets)``.
-            val: validation data in the same forms, evaluated after every epoch.
+                such batches, or a pair of tensors ``(inputs, targets)``. Under torchrun a
+                Dataset or a pair is sharded by a DistributedSampler; a DataLoader must have
+                a :class:`DistributedSampler` of its own (any other is refused). A
+                DataLoader with a DistributedSampler gets ``set_epoch`` before every epoch,
+                in one process too.
+            val: validation data in the same forms, evaluated after every epoch (under
+                torchrun a Dataset or a pair is shared out by whole batches and the metrics
+                are those of the whole set; a DataLoader is evaluated whole on every rank).
             epochs: the total number of epochs of the run, counting those already done (by
                 an earlier ``fit`` on this trainer or the resumed checkpoint).
             resume: a ``last`` checkpoint (its folder, its stem or one of its files) to
@@ -271,14 +338,27 @@ class Trainer:
         """
         if epochs < 1:
             raise XaikitConfigError(f"epochs must be at least 1, got {epochs}")
-        train_loader = make_loader(
-            train,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=self._generator,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        group = self.group
+        if group.distributed:
+            train_loader = make_distributed_loader(
+                train,
+                batch_size=self.batch_size // group.world,
+                rank=group.rank,
+                world=group.world,
+                seed=self.seed,
+                generator=self._generator,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
+        else:
+            train_loader = make_loader(
+                train,
+                batch_size=self.batch_size,
+                shuffle=True,
+                generator=self._generator,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
         val_loader = None if val is None else self._eval_loader(val)
         self._describe_data(train)
         steps = self._steps_per_epoch(train_loader)
@@ -296,13 +376,24 @@ class Trainer:
             return self.history
         self._stop_requested = False
         self.interrupted = False
-        with private_global_rng(self.device):
+        if group.distributed:
+            # Built after a resume loaded the weights (it checks every rank has the same),
+            # and dropped when fit returns: a wrapper kept alive holds the process group
+            # past its shutdown, and its threads then abort the process as it exits.
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+        host = private_host_rng() if group.distributed else contextlib.nullcontext()
+        with private_global_rng(self.device), host:
             if self._rng_state is None:
                 # The global stream gets its own seed so dropout masks are not drawn from the
-                # same numbers as the shuffling order.
-                torch.default_generator.manual_seed(self.seed + 1)
+                # same numbers as the shuffling order; each rank its own (rank 0: seed + 1).
+                rank_seed = self.seed + 1 + group.rank
+                torch.default_generator.manual_seed(rank_seed)
                 if self.device.type == "cuda":
-                    torch.cuda.manual_seed(self.seed + 1)
+                    torch.cuda.manual_seed(rank_seed)
+                if group.distributed:
+                    np.random.seed(rank_seed % 2**32)
+                    random.seed(rank_seed)
             else:
                 set_rng_state(self._rng_state, self.device)
             try:
@@ -311,7 +402,10 @@ class Trainer:
                 self.interrupted = True
                 raise
             finally:
-                self._rng_state = get_rng_state(self.device)
+                self._rng_state = get_rng_state(self.device, host=group.distributed)
+                if self._ddp is not None:
+                    self._ddp = None
+                    gc.collect()  # the wrapper's reference cycles go now, not at exit
         return self.history
 
     def evaluate(self, data: TrainData) -> dict[str, Any]:
@@ -322,10 +416,14 @@ class Trainer:
         ``loss``, ``f1_micro``, ``f1_macro``, ``map``, ``subset_accuracy``, ``per_class_ap``;
         binary: ``loss``, ``accuracy``, ``f1``, ``auroc``. The model's train/eval mode is
         restored afterwards and the global RNG is left as it was.
+
+        Under torchrun every rank must call it: each evaluates its share of the batches and
+        every rank gets the figures over the whole of ``data`` (a DataLoader is evaluated
+        whole on every rank).
         """
-        loader = self._eval_loader(data)
+        loader, total = self._eval_loader(data)
         with private_global_rng(self.device):
-            return to_python(self._evaluate(loader))
+            return to_python(self._evaluate(loader, total))
 
     def train_step(
         self, inputs: torch.Tensor, targets: torch.Tensor
@@ -334,9 +432,13 @@ class Trainer:
         backward, gradient clipping, step (with gradient scaling under mixed precision).
 
         ``(N, ...)`` inputs, targets -> ``(loss, logits)``, both detached, no host sync.
+        Under torchrun, inside ``fit``, the step goes through the DistributedDataParallel
+        wrapper (the gradients are averaged over the ranks); called outside ``fit`` it
+        steps this rank's model alone.
         """
+        net = self.model if self._ddp is None else self._ddp  # DDP averages the gradients
         with self._autocast():
-            logits = self.model(inputs)
+            logits = net(inputs)
             loss = self._loss(logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
         self._scaler.scale(loss).backward()
@@ -397,8 +499,12 @@ class Trainer:
         }
 
     def save_history(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
-        """Write ``history.csv``, ``history.json`` and ``curves.png`` into ``directory``."""
-        return self.history.save(directory)
+        """Write ``history.csv``, ``history.json`` and ``curves.png`` into ``directory``
+        (under torchrun, rank 0 writes them; every rank gets the paths)."""
+        if self.group.is_main:
+            return self.history.save(directory)
+        folder = Path(directory)
+        return {k: folder / n for k, n in HISTORY_FILES.items()}
 
     def lr_find(self, data: TrainData, **options: Any) -> LRFindResult:
         """:func:`xaikit.train.lr_find` with this trainer's optimizer settings; the model and
@@ -423,7 +529,12 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------
 
-    def _run(self, train_loader: DataLoader, val_loader: DataLoader | None, epochs: int) -> None:
+    def _run(
+        self,
+        train_loader: DataLoader,
+        val_loader: tuple[DataLoader, int | None] | None,
+        epochs: int,
+    ) -> None:
         assert self.monitor is not None
         for callback in self.callbacks:
             callback.on_fit_start(self)
@@ -438,7 +549,7 @@ class Trainer:
                 break
             record.update(train_logs)
             if val_loader is not None:
-                results = to_python(self._evaluate(val_loader))
+                results = to_python(self._evaluate(*val_loader))
                 self._check_value(results["loss"], epoch, "the validation loss")
                 record.update(
                     {f"val_{k}": v for k, v in results.items() if isinstance(v, (int, float))}
@@ -466,7 +577,10 @@ class Trainer:
 
     def _train_epoch(self, loader: DataLoader, epoch: int, epochs: int) -> dict[str, Any] | None:
         """Train one epoch; its ``train_*`` logs, or ``None`` if :meth:`stop` cut it short."""
-        self.model.train()
+        (self.model if self._ddp is None else self._ddp).train()
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch - 1)  # the epoch's permutation: seed + epochs done
         running = self.metrics.running() if self.train_metrics else None
         losses: list[torch.Tensor] = []
         sizes: list[int] = []
@@ -506,14 +620,32 @@ class Trainer:
             raise DataError("the training data is empty (no batches)")
         self._check_losses(losses, checked, epoch)
         weights = torch.tensor(sizes, dtype=torch.float64, device=self.device)
-        train_loss = float(torch.stack(losses).double() @ weights / weights.sum())
+        if self.group.distributed:
+            # Sums and counts of every rank: the mean over every item of the epoch.
+            shares = self.group.agree(
+                (
+                    float(torch.stack(losses).double() @ weights),
+                    float(sum(sizes)),
+                    None if running is None else running.totals(),
+                )
+            )
+            train_loss = sum(s[0] for s in shares) / sum(s[1] for s in shares)
+            if running is not None:
+                running.merge([s[2] for s in shares])
+        else:
+            train_loss = float(torch.stack(losses).double() @ weights / weights.sum())
         logs: dict[str, Any] = {"train_loss": train_loss}
         if running is not None:
             logs[f"train_{running.name}"] = running.compute()
         return logs
 
-    def _evaluate(self, loader: DataLoader) -> dict[str, Any]:
-        """``{"loss": ..., metric: ...}`` as tensors over the whole of ``loader``."""
+    def _evaluate(self, loader: DataLoader, total: int | None = None) -> dict[str, Any]:
+        """``{"loss": ..., metric: ...}`` as tensors over the whole of ``loader``.
+
+        With ``total`` (under torchrun), ``loader`` holds this rank's batches of a set of
+        ``total`` batches dealt round robin: the ``(B, C)`` logits and targets of every
+        batch are gathered in order, so each rank computes the metrics of the whole set.
+        """
         was_training = self.model.training
         self.model.eval()
         all_logits: list[torch.Tensor] = []
@@ -540,6 +672,11 @@ class Trainer:
                     bar.update()
         finally:
             self.model.train(was_training)
+        if total is not None and self.group.distributed:
+            mine = [(lg.cpu(), tg.cpu()) for lg, tg in zip(all_logits, all_targets)]
+            batches = distributed.gather_in_order(self.group, total, 1, mine)
+            all_logits = [lg.to(self.device) for lg, _ in batches]
+            all_targets = [tg.to(self.device) for _, tg in batches]
         if not all_logits:
             raise DataError("the evaluation data is empty (no batches)")
         logits, targets = torch.cat(all_logits), torch.cat(all_targets)
@@ -576,12 +713,24 @@ class Trainer:
         return self.task.predict(logits)
 
     def _check_losses(self, losses: list[torch.Tensor], start: int, epoch: int) -> float:
-        """Mean of ``losses[start:]`` (one host sync); raise if any of them is not finite."""
+        """Mean of ``losses[start:]`` (one host sync); raise if any of them is not finite.
+
+        Under torchrun the ranks compare notes (one :meth:`~xaikit.distributed.Group.agree`):
+        the mean is over every rank's steps, and a loss that is not finite on any rank
+        stops every rank with the same message.
+        """
         recent = torch.stack(losses[start:])
         mean = float(recent.mean())
+        bad: tuple[float, int] | None = None
         if not math.isfinite(mean):
-            bad = int(torch.nonzero(~torch.isfinite(recent))[0, 0])
-            self._diverged(float(recent[bad]), epoch, f"step {start + bad + 1}")
+            index = int(torch.nonzero(~torch.isfinite(recent))[0, 0])
+            bad = (float(recent[index]), start + index + 1)
+        if self.group.distributed:
+            shares = self.group.agree((mean * len(recent), len(recent), bad))
+            mean = sum(s[0] for s in shares) / max(sum(s[1] for s in shares), 1)
+            bad = next((s[2] for s in shares if s[2] is not None), None)
+        if bad is not None:
+            self._diverged(bad[0], epoch, f"step {bad[1]}")
         return mean
 
     def _check_value(self, value: float, epoch: int, what: str) -> None:
@@ -622,9 +771,19 @@ class Trainer:
             return name
         return f"val_{self.metrics.main}" if has_val else "train_loss"
 
-    def _eval_loader(self, data: TrainData) -> DataLoader:
+    def _eval_loader(self, data: TrainData) -> tuple[DataLoader, int | None]:
+        """The loader of ``data`` and, under torchrun, the number of batches of the whole
+        set (``None``: the loader is the whole set)."""
+        if self.group.distributed and not isinstance(data, DataLoader):
+            return make_sharded_eval_loader(
+                data,
+                batch_size=self.batch_size,
+                group=self.group,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
         # A generator of its own: evaluation never moves the training or the global RNG.
-        return make_loader(
+        loader = make_loader(
             data,
             batch_size=self.batch_size,
             shuffle=False,
@@ -632,6 +791,7 @@ class Trainer:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
+        return loader, None
 
     def _steps_per_epoch(self, loader: DataLoader) -> int | None:
         steps = _length(loader)
@@ -672,7 +832,32 @@ class Trainer:
 
     def _restore(self, stem: Path, epochs: int, steps: int | None) -> None:
         """Load the ``last`` checkpoint at ``stem`` into this trainer (see ``fit``)."""
+        group = self.group
+        if group.distributed:
+            if group.is_main:
+                commit_staged(stem.parent)  # rank 0 alone finishes a cut-short commit
+            group.agree()
         state = load_training_state(stem)  # checked: its digest, types, epoch vs history
+        saved_world = int(state.get("world_size") or 1)
+        if saved_world != group.world:
+            launch = (
+                "run it as one process (without torchrun)"
+                if saved_world == 1
+                else f"launch it on {saved_world} processes (torchrun --nproc-per-node "
+                f"{saved_world} on one machine)"
+            )
+            raise XaikitConfigError(
+                f"cannot resume {stem}: it was trained by {saved_world} process"
+                f"{'es' if saved_world > 1 else ''} and this run has {group.world} (the "
+                f"shuffling and every process's random state depend on it); {launch}, or "
+                "start a new run"
+            )
+        ranks = state.get("ranks")
+        if group.distributed and (not isinstance(ranks, list) or len(ranks) != group.world):
+            raise CheckpointError(
+                f"cannot resume {stem}: it records world_size {saved_world} but not the random "
+                "state of every process"
+            )
         done = state["epoch"]
         if not 0 <= done <= epochs:
             # More epochs done than this run asks for cannot be undone; a state edited to
@@ -710,12 +895,16 @@ class Trainer:
         self.monitor.load_state_dict(state["monitor"])
         self.history = History(state["history"])
         self.epoch = int(state["epoch"])
-        self._generator.set_state(state["rng"]["sampler"])
-        self._rng_state = {k: v for k, v in state["rng"].items() if k != "sampler"}
+        rng = ranks[group.rank] if group.distributed else state["rng"]
+        self._generator.set_state(rng["sampler"])
+        self._rng_state = {k: v for k, v in rng.items() if k != "sampler"}
         self._input_shape = state["input_shape"]
 
-    def _training_state(self) -> dict[str, Any]:
+    def _training_state(self, ranks: list[Any] | None = None) -> dict[str, Any]:
         assert self.monitor is not None
+        extra: dict[str, Any] = {"world_size": self.group.world}
+        if ranks is not None:
+            extra["ranks"] = ranks
         return {
             "epoch": self.epoch,
             "plan": self._plan,
@@ -727,14 +916,31 @@ class Trainer:
             "history": list(self.history),
             "rng": {"sampler": self._generator.get_state(), **get_rng_state(self.device)},
             "input_shape": self._input_shape,
+            **extra,
         }
+
+    def _rank_rng(self) -> dict[str, Any]:
+        """This rank's random state: the loader's generator, torch, numpy and python."""
+        return {"sampler": self._generator.get_state(), **get_rng_state(self.device, host=True)}
 
     def _save_checkpoints(self, record: dict[str, Any], improved: bool, epochs: int) -> None:
         if self.checkpoint_dir is None:
             return
+        group = self.group
+        ranks = group.agree(self._rank_rng()) if group.distributed else None
+        if group.is_main:
+            self._write_checkpoints(record, improved, epochs, ranks)
+        if group.distributed:
+            group.agree()  # no rank reads a checkpoint before rank 0 has written it
+
+    def _write_checkpoints(
+        self, record: dict[str, Any], improved: bool, epochs: int, ranks: list[Any] | None
+    ) -> None:
+        assert self.checkpoint_dir is not None
         card = {
             "input_shape": self._input_shape,
-            "recipe": {**self.recipe, "epochs": epochs},
+            "recipe": {**self.recipe, "epochs": epochs, "world_size": self.group.world},
+            "world_size": self.group.world,
             "seed": self.seed,
             "epoch": self.epoch,
             "metrics": json_safe(
@@ -750,7 +956,7 @@ class Trainer:
             if improved:
                 save_model(self.model, staging / "best", **card)
             save_model(self.model, staging / "last", **card)
-            save_training_state(staging / "last", self._training_state())
+            save_training_state(staging / "last", self._training_state(ranks))
             commit_staged(self.checkpoint_dir)
 
     def _describe_data(self, data: TrainData) -> None:

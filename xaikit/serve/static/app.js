@@ -44,7 +44,9 @@ const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
 // Start a job for `view` and poll it; resolves with its result, or null when superseded.
 async function runJob(view, path, payload) {
   const previous = current[view];
-  const started = await post(path, Object.assign({ view: TAB + ":" + view }, payload));
+  // "wait": the server holds the answer until the job is done (0.5 s at most), so a quick
+  // view takes one request; a longer one is then long-polled with its progress shown.
+  const started = await post(path, Object.assign({ view: TAB + ":" + view, wait: 0.5 }, payload));
   current[view] = started.job;
   if (previous && previous !== started.job) api(`/api/jobs/${previous}/cancel`, { method: "POST" }).catch(() => {});
   let job = started;
@@ -374,7 +376,14 @@ async function upload(file) {
     renderGallery();
     explainNow();
   } catch (err) {
+    // One clear message, in the status line; the maps of the previous input go, so no
+    // picture can be taken for the refused file.
+    $("upload").value = "";
+    $("results").replaceChildren();
+    $("prediction").replaceChildren();
+    $("states").replaceChildren();
     setStatus(err.message, true);
+    document.body.dataset.state = "error";
   }
 }
 
