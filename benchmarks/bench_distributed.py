@@ -9,7 +9,7 @@ The merge (rank journals folded into ``results.jsonl``, then ``results.json``) i
 own on the 2-rank run's outputs and given as a share of that run.
 
     python benchmarks/bench_distributed.py                       # 2 ranks vs 1, CPU
-    python benchmarks/bench_distributed.py --quick               # a smaller folder
+    python benchmarks/bench_distributed.py --quick               # smaller folders
     python benchmarks/bench_distributed.py --device cuda --ranks 1,8   # images/s per GPU
 
 Measured (this 2-core machine, see README "Distributed runs"): in the README.
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,7 @@ def launch(ranks: int, args: list[str]) -> float:
     return elapsed
 
 
-def merge_seconds(out: Path, batch_size: int, world: int) -> float:
+def merge_seconds(out: Path, batch_size: int, world: int, images: Path) -> float:
     """Split the merged journal back into rank journals (as the ranks left them) and time
     rank 0's merge and ``results.json``."""
     from xaikit.explain import files
@@ -67,7 +68,7 @@ def merge_seconds(out: Path, batch_size: int, world: int) -> float:
     (out / "results.jsonl").unlink()
     for rank, shard in enumerate(shards):
         (out / files.rank_journal_name(rank)).write_text(header + "".join(shard), "utf-8")
-    sources = files.collect_images([out.parent / "imgs"], exclude=out)
+    sources = files.collect_images([images], exclude=out)
     run = json.loads((out / "results.json").read_text())["run"]
     start = time.perf_counter()
     merged = files._merge_journals(out, header_obj, sources, batch_size, world)
@@ -80,52 +81,78 @@ def merge_seconds(out: Path, batch_size: int, world: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="96 images instead of 480")
+    parser.add_argument("--quick", action="store_true", help="48 and 144 images")
     parser.add_argument("--ranks", default="1,2", help="rank counts to compare (default 1,2)")
     parser.add_argument("--model", default="shapes-multiclass")
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--size", type=int, default=96, help="image side in pixels")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--figures", action="store_true", help="also draw the titled figures")
+    parser.add_argument("--no-figure", action="store_true", help="skip the titled figures")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians)")
     args = parser.parse_args()
-    n = 96 if args.quick else 480
+    small, large = (48, 144) if args.quick else (96, 480)
     counts = [int(v) for v in args.ranks.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        make_images(root / "imgs", n, args.size)
-        common = ["explain", str(root / "imgs"), "--model", args.model, "--method", args.method]
-        common += ["--batch-size", str(args.batch_size), "--device", args.device]
-        if not args.figures:
-            common.append("--no-figure")
-        seconds: dict[int, float] = {}
-        for ranks in counts:
-            out = root / f"out{ranks}"
-            seconds[ranks] = launch(ranks, [*common, "--out", str(out)])
+        for n in (small, large):
+            make_images(root / f"imgs{n}", n, args.size)
+        runs: dict[tuple[int, int], list[float]] = {}
+        for _repeat in range(args.repeats):  # interleaved: the machine's load hits every case
+            for n in (small, large):
+                for ranks in counts:
+                    common = ["explain", str(root / f"imgs{n}"), "--model", args.model]
+                    common += ["--method", args.method, "--batch-size", str(args.batch_size)]
+                    common += ["--device", args.device, "--yes"]
+                    if args.no_figure:
+                        common.append("--no-figure")
+                    out = root / f"out{n}-{ranks}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    runs.setdefault((n, ranks), []).append(
+                        launch(ranks, [*common, "--out", str(out)])
+                    )
+        seconds = {case: statistics.median(times) for case, times in runs.items()}
         base = counts[0]
+        figures = "no figures" if args.no_figure else "with figures"
         print(
-            f"explain {n} images of {args.size} px, {args.model} {args.method}, "
-            f"batch {args.batch_size}, {args.device}, 1 thread per rank"
+            f"explain, {args.model} {args.method}, {args.size} px images, batch "
+            f"{args.batch_size}, {figures}, {args.device}, 1 thread per rank, median of "
+            f"{args.repeats}"
         )
-        print(f"{'ranks':>5} {'seconds':>8} {'images/s':>9} {'per rank':>9} {'speed-up':>8}")
+        print(
+            "end to end (launch to exit, start-up included) on the larger folder; steady "
+            f"throughput = ({large} - {small}) images / the difference of the two runs' times"
+        )
+        print(
+            f"{'ranks':>5} {f'{large} images s':>15} {'images/s':>9} {'steady images/s':>16} "
+            f"{'per rank':>9} {'speed-up':>9} {'steady speed-up':>16}"
+        )
+
+        def steady(ranks: int) -> float:
+            return (large - small) / (seconds[large, ranks] - seconds[small, ranks])
+
         for ranks in counts:
-            rate = n / seconds[ranks]
+            total = seconds[large, ranks]
             print(
-                f"{ranks:>5} {seconds[ranks]:>8.2f} {rate:>9.1f} {rate / ranks:>9.1f} "
-                f"{seconds[base] / seconds[ranks]:>7.2f}x"
+                f"{ranks:>5} {total:>15.2f} {large / total:>9.1f} {steady(ranks):>16.1f} "
+                f"{steady(ranks) / ranks:>9.1f} {seconds[large, base] / total:>8.2f}x "
+                f"{steady(ranks) / steady(base):>15.2f}x"
             )
         top = max(counts)
         if top > 1:
-            out = root / f"out{top}"
+            out = root / f"out{large}-{top}"
+            times = []
             for _trial in range(3):
                 shutil.copy(out / "results.jsonl", root / "journal.copy")
-                merge = merge_seconds(out, args.batch_size, top)
+                times.append(merge_seconds(out, args.batch_size, top, root / f"imgs{large}"))
                 shutil.copy(root / "journal.copy", out / "results.jsonl")
                 for stale in out.glob("results.rank*.jsonl"):
                     stale.unlink()
+            merge = sorted(times)[1]
             print(
-                f"merge on rank 0 ({n} records, {top} rank journals): {merge * 1000:.0f} ms, "
-                f"{100 * merge / seconds[top]:.1f} % of the {top}-rank run"
+                f"merge on rank 0 ({large} records, {top} rank journals, median of 3): "
+                f"{merge * 1000:.0f} ms, {100 * merge / seconds[large, top]:.1f} % of the "
+                f"{top}-rank run"
             )
 
 

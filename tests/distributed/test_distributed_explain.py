@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import command, environment, output_files, run
+from torchrun_helpers import command, environment, output_files, run
 
 ARGS = ["--model", "shapes-multiclass", "--method", "gradcam,saliency", "--batch-size", "2"]
 

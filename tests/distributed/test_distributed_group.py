@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import environment, run
+from torchrun_helpers import environment, run
 
 from xaikit.distributed import Group, current, gather_in_order
 

@@ -1204,7 +1204,10 @@ def explain_files(
     journal = _Journal(own, header, resume, others)
     group.agree()  # every rank has read the journals before any rank appends to its own
     summary = FilesSummary(out=out_dir, results=results_path, total=len(sources))
-    threads = min(4, os.cpu_count() or 1) if workers is None else workers
+    # Writer threads share the machine's cores with the other ranks on it (torchrun sets
+    # LOCAL_WORLD_SIZE): two ranks on two cores do not each start two writers.
+    per_rank = (os.cpu_count() or 1) // max(1, _local_world_size())
+    threads = max(1, min(4, per_rank)) if workers is None else workers
     sink = _Sink(journal, threads, limit=2 * batch_size, out=out_dir)
     writer = _Writer(
         out_dir,
@@ -1336,6 +1339,14 @@ def explain_files(
         sink.close()
         journal.close()
     return summary
+
+
+def _local_world_size() -> int:
+    """Ranks on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _rank_journals(out: Path) -> list[Path]:
