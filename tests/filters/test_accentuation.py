@@ -151,6 +151,14 @@ def test_an_interrupted_accentuation_resumes_with_only_the_missing_renders(
     assert {name: (out / name).read_bytes() for name in names} == before  # the same images
     # a resume with other settings is refused
     assert cli.main([*_accentuate_argv(checkpoint, out, "--n", "2"), "--resume"]) == 2
+    # a journal whose settings line is torn cannot vouch for anything: started again
+    lines = (out / JOURNAL).read_text().splitlines()
+    (out / JOURNAL).write_text('{"header": {"mod' + "\n" + "\n".join(lines[1:]) + "\n")
+    calls.clear()
+    assert cli.main([*argv, "--resume"]) == 0
+    assert len(calls) == 3  # every render again
+    head = json.loads((out / JOURNAL).read_text().splitlines()[0])
+    assert head["header"]["images"] == 3 and len((out / JOURNAL).read_text().splitlines()) == 4
 
 
 def test_an_accentuation_over_the_limits_is_refused(tmp_path, monkeypatch, striped, capsys):

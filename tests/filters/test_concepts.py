@@ -175,7 +175,7 @@ def test_concepts_on_the_striped_model_and_the_bank_round_trip(striped, method, 
     assert json.loads((tmp_path / "concepts.json").read_text())["method"] == method
 
 
-def test_the_cli_writes_a_concept_bank(tmp_path, monkeypatch, striped):
+def test_the_cli_writes_a_concept_bank(tmp_path, monkeypatch, striped, capsys):
     from xaikit import cli
     from xaikit.cli import filters as filters_command
     from xaikit.data import TensorDataset
@@ -233,8 +233,20 @@ def test_the_cli_writes_a_concept_bank(tmp_path, monkeypatch, striped):
     assert (out / "concepts.safetensors").read_bytes() == before
     assert json.loads((out / "index.json").read_text())["concepts"] == index["concepts"]
     # other settings: refused, the bank kept
-    assert cli.main([*argv[:-2], "4", "--concept-method", "dff", "--resume"]) == 2
+    other = [*argv]
+    other[other.index("--n-concepts") + 1] = "4"
+    assert cli.main([*other, "--resume"]) == 2
+    assert "cannot resume" in capsys.readouterr().err
     assert (out / "concepts.safetensors").read_bytes() == before
+
+    # a run without --resume drops the record first: killed before its bank is complete, it
+    # leaves no settings that a later --resume would take for the bank's
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(concepts_module, "concepts", killed)
+    assert cli.main(other) == 130
+    assert not (out / "concepts.run.json").exists()
 
 
 def test_a_concepts_run_over_the_limits_is_refused(tmp_path, monkeypatch, striped, capsys):

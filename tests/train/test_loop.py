@@ -115,6 +115,27 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(sy
     assert len(trainer.history) == 2
 
 
+def test_an_epoch_of_a_multiple_of_log_every_steps_ends_cleanly(synth):
+    x, y = synth.quadrant_images(40)
+    # 20 steps of 2 = log_every (20): the last check of the epoch has no loss left to check.
+    trainer = Trainer(synth.small_cnn(4), batch_size=2, quiet=True)
+    history = trainer.fit((x, y), epochs=1)
+    assert len(history) == 1 and math.isfinite(history[-1]["train_loss"])
+
+    # log_every 5 divides the 20 steps: every loss is still checked (a nan at the last step).
+    def poison(trainer, step, loss):
+        if step == 19:
+            with torch.no_grad():
+                trainer.model.head.fc.weight.fill_(float("nan"))
+
+    poisoned = Trainer(
+        synth.small_cnn(4), batch_size=2, log_every=5, quiet=True,
+        callbacks=[LambdaCallback(on_batch_end=poison)],
+    )  # fmt: skip
+    with pytest.raises(TrainingDivergedError, match="at epoch 1 step 20"):
+        poisoned.fit((x, y), epochs=1)
+
+
 def test_same_seed_same_weights_other_seed_other_weights(synth):
     x, y = synth.quadrant_images(96)
 

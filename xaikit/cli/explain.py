@@ -363,6 +363,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xaikit.distributed import current
     from xaikit.explain.files import explain_files
     from xaikit.names import check_class_names, display
     from xaikit.train.loaders import resolve_device
@@ -379,7 +380,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.size < 1:
             raise XaikitConfigError(f"--size must be a positive integer, got {args.size}")
         shape = (shape[0], *([args.size] * (len(shape) - 1)))
-    if _refuse_large(args, model, card, shape, methods, target):
+    refused = _refuse_large(args, model, card, shape, methods, target)
+    # Under torchrun every rank times its own probe; rank 0's decision (the one printed)
+    # holds for all, so no rank goes on while another stops.
+    if current().agree(refused)[0]:
         return 2
     summary = explain_files(
         model,

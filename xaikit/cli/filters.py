@@ -489,6 +489,10 @@ def _concepts(
         "batch_size": args.batch_size,
     }
     record = out / CONCEPTS_RUN
+    if not args.resume:
+        # The record vouches for the bank beside it: gone before a new bank is written, so a
+        # run killed halfway never leaves another run's settings next to its bank.
+        record.unlink(missing_ok=True)
     if args.resume and record.is_file():
         document = read_document(record, what="concepts run record")
         before = document.get("settings") if isinstance(document, dict) else None
@@ -573,14 +577,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xaikit.distributed import alone, current
+
+    group = current()
+    if group.distributed and args.mode not in SPLIT_MODES:
+        if not group.is_main:
+            return 0  # rank 0 runs this mode; the command line's last meeting waits for it
+        with alone():  # rank 0 alone: no library call may wait for the other ranks
+            return _run_mode(args)
+    return _run_mode(args)
+
+
+def _run_mode(args: argparse.Namespace) -> int:
     from xaikit.distributed import current
     from xaikit.filters import activations, atlas, exemplars, weights
     from xaikit.filters._common import fetch_inputs
     from xaikit.filters._plot import figure_png, image_png
 
     group = current()
-    if group.distributed and not group.is_main and args.mode not in SPLIT_MODES:
-        return 0  # rank 0 runs this mode alone; the command line's last meeting waits for it
     channels = None if args.channels == "all" else parse_channels(args.channels)
     model, card = load_cli_model(args, device=cli_device(args.device))
     size = card_size(card, args.size)
@@ -659,7 +673,7 @@ def _run(args: argparse.Namespace) -> int:
         bank = _concepts(args, model, layer, dataset, normalization, size, quiet, out)
         if bank is None:
             return 2
-        written = concepts_into(out, bank)
+        written = concepts_into(out, bank, saved=True)
         files.append(CONCEPTS_RUN)
         files.extend(name for name in written if name.endswith(".png"))
         index["bank"] = [name for name in written if not name.endswith(".png")]

@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     group = current()
     if group.distributed:
         # Under torchrun a batch the processes cannot share fails every rank here, before
-        # any of them touches --out (rank 0 alone probes and locks it).
+        # any of them touches --out (rank 0 alone probes and locks it). The one check of
+        # it: the Trainer checks only batches of loaders it builds (library use).
         _check_shared_batch(recipe_from_args(args), group.world)
     if group.is_main:
         check_out(args.out)
@@ -185,12 +186,10 @@ def _check_shared_batch(recipe: Recipe, world: int) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from xaikit.distributed import current
     from xaikit.train.recipe import train_recipe
 
     recipe = recipe_from_args(args)
     cli_device(args.device)  # an unavailable device fails here, in one line, before any work
-    _check_shared_batch(recipe, current().world)
     out = Path(args.out)
     try:
         result = train_recipe(recipe, out, resume=args.resume, device=args.device, quiet=args.quiet)

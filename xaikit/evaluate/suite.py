@@ -320,43 +320,6 @@ def _catalogue_options(
     return out
 
 
-def _catalogue_scores(
-    metrics: Sequence[str],
-    *,
-    model: nn.Module,
-    x: torch.Tensor,
-    maps: torch.Tensor,
-    targets: torch.Tensor,
-    explainer: Explainer,
-    items: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    item_maps: torch.Tensor | None,
-    steps: int,
-    seed: int,
-    rows: int,
-    quiet: bool | None,
-    metric_options: dict[str, Any],
-) -> dict[str, dict[str, Any]]:
-    from xaikit.evaluate.catalogue import metric_spec, run_metric
-
-    out: dict[str, dict[str, Any]] = {}
-    for name in metrics:
-        spec = metric_spec(name)
-        kwargs = _catalogue_options(name, x, steps, metric_options)
-        if spec.needs == "masks":
-            if items is None or item_maps is None:
-                continue  # no ground truth: localisation skipped, as the pointing games
-            values = run_metric(name, None, x, item_maps, targets, masks=items[2], **kwargs)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExplainWarning)
-                values = run_metric(
-                    name, model, x, maps, targets, explainer=explainer, seed=seed,
-                    batch_size=rows, quiet=quiet, **kwargs,
-                )  # fmt: skip
-        out[name] = _summary_with_values(values, seed)
-    return out
-
-
 def check_metric_names(metrics: Sequence[str]) -> list[str]:
     """The metric names, without duplicates, each one of the suite's or the catalogue's."""
     from xaikit.evaluate.catalogue import CATALOGUE
@@ -561,76 +524,6 @@ def _per_class(
         key = class_names[k] if class_names is not None and k < len(class_names) else str(k)
         out[key] = summarize(values[classes == k])["mean"]
     return out
-
-
-def _selected_scores(
-    selected: Sequence[str],
-    *,
-    model: nn.Module,
-    inputs: torch.Tensor,
-    x: torch.Tensor,
-    maps: torch.Tensor,
-    targets: torch.Tensor,
-    explainer: Explainer,
-    items: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    curve_kw: dict[str, Any],
-    tolerance: int,
-    deletion_baseline: str | float,
-    insertion_start: str | float,
-    steps: int,
-    seed: int,
-    rows: int,
-    quiet: bool | None,
-    class_names: Sequence[str] | None,
-    metric_options: dict[str, Any],
-) -> dict[str, dict[str, Any]]:
-    """The scores of the ``metrics=`` selection for one method's ``maps``."""
-    row: dict[str, dict[str, Any]] = {}
-    if "deletion_auc" in selected:
-        curve = deletion_curve(
-            model, inputs, maps, targets, baseline=deletion_baseline, quiet=quiet, **curve_kw
-        )
-        row["deletion_auc"] = _summary_with_values(curve.auc, seed)
-    if "insertion_auc" in selected:
-        curve = insertion_curve(
-            model, inputs, maps, targets, start=insertion_start, quiet=quiet, **curve_kw
-        )
-        row["insertion_auc"] = _summary_with_values(curve.auc, seed)
-    item_maps = None
-    if items is not None:
-        image, cls, item_masks = items
-        item_maps = compute_maps(explainer, model, x[image], cls)
-        if "pointing_game" in selected:
-            hits = pointing_game(item_maps, item_masks, tolerance=tolerance)
-            row["pointing_game"] = {
-                **_summary_with_values(hits, seed),
-                "per_class": _per_class(hits, cls, class_names),
-            }
-        if "energy_pointing_game" in selected:
-            energy = energy_pointing_game(item_maps, item_masks)
-            row["energy_pointing_game"] = {
-                **_summary_with_values(energy, seed),
-                "per_class": _per_class(energy, cls, class_names),
-            }
-    catalogue = [m for m in selected if m not in SUITE_METRICS]
-    row.update(
-        _catalogue_scores(
-            catalogue,
-            model=model,
-            x=x,
-            maps=maps,
-            targets=targets,
-            explainer=explainer,
-            items=items,
-            item_maps=item_maps,
-            steps=steps,
-            seed=seed,
-            rows=rows,
-            quiet=quiet,
-            metric_options=metric_options,
-        )
-    )
-    return row
 
 
 def chunk_seed(seed: int, start: int) -> int:

@@ -410,7 +410,6 @@ class _Journal:
         header: dict[str, Any],
         resume: bool,
         others: Sequence[Path] = (),
-        write: bool = True,
     ) -> None:
         self.path = path
         self.offsets: dict[tuple[str, str | None], int] = {}
@@ -428,10 +427,6 @@ class _Journal:
         self.resumed = resume and (
             (path.is_file() and path.stat().st_size > 0) or bool(self.other_offsets)
         )
-        if not write:
-            self.handle = open(os.devnull, "ab")  # noqa: SIM115 - closed in close()
-            self.reader: IO[bytes] = open(os.devnull, "rb")  # noqa: SIM115
-            return
         if resume and path.is_file() and path.stat().st_size > 0:
             for ident, offset in self._scan(path, header):
                 self.offsets[ident] = offset
@@ -1298,7 +1293,7 @@ def explain_files(
                         bar.update(1)
                     continue
                 batch.append(_Loaded(source, image, display, size, write=not finished))
-            if batch:
+            if any(item.write for item in batch):  # else every readable one is done
                 flush(batch)
         sink.finish()
         shards = group.agree(

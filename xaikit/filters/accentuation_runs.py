@@ -36,12 +36,22 @@ def stem(row: int, unit: int) -> str:
     return f"accentuate/{row:04d}_channel_{unit:04d}"
 
 
-def read_journal(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]:
+def read_journal(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]] | None:
     """The records of ``out``'s journal whose files check out (inside ``out``, present, of
-    the recorded size), by render row; a journal with another ``header`` is refused."""
+    the recorded size), by render row; a journal with another ``header`` is refused. None
+    when there is no journal, or its first line (the settings) cannot be read: a journal
+    that cannot vouch for its settings is started again."""
     path = out / JOURNAL
     if not path.is_file():
-        return {}
+        return None
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    try:
+        head = json.loads(first.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(head, dict) or "header" not in head:
+        return None
     header = json.loads(json.dumps(header))  # tuples -> lists, as read back
     records: dict[int, dict[str, Any]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
@@ -105,11 +115,11 @@ def accentuate_into(
         raise XaikitConfigError(f"{len(rows)} units but {starts.shape[0]} start images")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    done = read_journal(folder, header) if resume else {}
-    done = {r: rec for r, rec in done.items() if r < len(rows) and rec["unit"] == rows[r]}
+    found = read_journal(folder, header) if resume else None
+    fresh = found is None  # no journal, one whose settings cannot be read, or no resume
+    done = {r: rec for r, rec in (found or {}).items() if r < len(rows) and rec["unit"] == rows[r]}
     pending = [r for r in range(len(rows)) if r not in done]
     journal_path = folder / JOURNAL
-    fresh = not resume or not journal_path.is_file()
     chunks = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
     with open(journal_path, "w" if fresh else "a", encoding="utf-8") as journal:
         if fresh:

@@ -882,14 +882,17 @@ def concept_maximization(
     return result.images.detach().float().cpu()
 
 
-def concepts_into(out: str | os.PathLike[str], bank: ConceptBank) -> list[str]:
-    """Write the bank (:meth:`ConceptBank.save`), ``concepts.png`` (its figure) and
-    ``concepts/concept_NN.png`` (exemplars side by side) into ``out``; the file names."""
+def concepts_into(
+    out: str | os.PathLike[str], bank: ConceptBank, *, saved: bool = False
+) -> list[str]:
+    """Write the bank (:meth:`ConceptBank.save`; ``saved``: it is in ``out`` already),
+    ``concepts.png`` (its figure) and ``concepts/concept_NN.png`` (exemplars side by side)
+    into ``out``; the file names."""
     from xaikit.filters._plot import figure_png, image_png, tile
     from xaikit.io import atomic_write_bytes
 
     folder = Path(out)
-    files = bank.save(folder)
+    files = [BANK_TENSORS, BANK_JSON] if saved else bank.save(folder)
     atomic_write_bytes(folder / "concepts.png", figure_png(bank.figure))
     files.append("concepts.png")
     for j in range(bank.n_concepts):

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from xaikit.distributed import RemoteRankError, current
-from xaikit.errors import DataError, XaikitConfigError
+from xaikit.errors import DataError, XaikitConfigError, XaikitError
 from xaikit.explain.hooks import Capture
 from xaikit.explain.layers import resolve_layer
 from xaikit.explain.state import borrowed, model_device
@@ -280,6 +280,8 @@ def exemplars(
                 _save_state(folder, settings, done, chosen, best, spatial, group.rank)
             raise
         parts = [p for p in gathered if p is not None]
+        if any(not torch.equal(p[0], parts[0][0]) for p in parts):
+            raise XaikitError("the ranks ranked different channels; give --channels explicitly")
         if parts:
             chosen, spatial = parts[0][0].to(device), tuple(parts[0][1])
             best = _select(

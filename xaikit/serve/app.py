@@ -339,7 +339,9 @@ def create_app(
         distinct inputs (a request repeated in the batch is computed once), split per
         request, each result cached under its own key."""
         unique: dict[str, int] = {}
+        members: dict[str, list[int]] = {}  # key -> every request of the batch with it
         for i, (_prepared, _settings, key, _request) in enumerate(payloads):
+            members.setdefault(key, []).append(i)
             if not ctx.skip(i):
                 unique.setdefault(key, i)
         order = list(unique.values())
@@ -354,7 +356,10 @@ def create_app(
                 ctx.progress(fraction, message)
 
             def skip(self, j: int) -> bool:
-                return bool(ctx.skip(order[j]))
+                # a key is left undrawn only once every request with it was cancelled: the
+                # representative's tab may have moved on while another tab still waits
+                key = payloads[order[j]][2]
+                return all(ctx.skip(i) for i in members[key])
 
         results = W.explain_views(
             loaded,

@@ -15,11 +15,14 @@ key (not cancelled) is taken too and all of them run as one call, ``batch.run(co
 payloads)``, which answers one result per payload. A job cancelled while its batch runs is
 dropped from it (``context.skip(i)``) and ends cancelled; the batch stops early only when all
 its jobs were cancelled. Should a batched call fail, each job runs again on its own, so an
-error names the request that caused it.
+error names the request that caused it (the batch's exception is logged to the
+``xaikit.serve`` logger: a bug of the batched path is not hidden); a job that was not
+cancelled but got no result (``None``) from the batch runs again on its own too.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -30,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xaikit.errors import XaikitError
+
+logger = logging.getLogger("xaikit.serve")
 
 QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", "cancelled"
 FINISHED = (DONE, ERROR, CANCELLED)
@@ -359,15 +364,26 @@ class JobRunner:
                 self._finish(job, CANCELLED, "cancelled")
             return
         except Exception:  # one request may be at fault: each on its own names it
+            logger.exception("a batched call of %d jobs failed; running each on its own", len(jobs))
             for job, work in group:
-                job.batch_size = 1
-                if job.cancel_event.is_set():
-                    self._finish(job, CANCELLED, "cancelled")
-                else:
-                    self._run_one(job, work)
+                self._run_alone(job, work)
             return
-        for job, result in zip(jobs, results, strict=True):
-            self._done(job, result)
+        for (job, work), result in zip(group, results, strict=True):
+            if result is None and not job.cancel_event.is_set():
+                # the batch left out a job that still wants its result (a bug of the batched
+                # path): computed on its own rather than ended done with nothing
+                logger.error("a batched call gave job %s no result; running it alone", job.id)
+                self._run_alone(job, work)
+            else:
+                self._done(job, result)
+
+    def _run_alone(self, job: Job, work: Work) -> None:
+        """A job of a batch, run again on its own (unless it was cancelled meanwhile)."""
+        job.batch_size = 1
+        if job.cancel_event.is_set():
+            self._finish(job, CANCELLED, "cancelled")
+        else:
+            self._run_one(job, work)
 
     def close(self) -> None:
         """Cancel everything and stop the worker (it finishes the chunk it is in)."""

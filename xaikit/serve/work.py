@@ -205,8 +205,6 @@ BATCHABLE_METHODS = frozenset(
         "occlusion",
     }
 )
-#: At most this many requests are explained by one batched call.
-MAX_BATCH = 32
 
 
 def batchable(loaded: Any, settings: Mapping[str, Any]) -> bool:
@@ -249,7 +247,9 @@ def explain_views(
     :func:`batch_key`; the colormap may differ). One forward pass: the logits of the
     prediction panel are the ones ``explain`` computed (read by the target callable).
     ``ctx.skip(i)``, when the context has it, says request ``i`` was cancelled meanwhile:
-    its pictures are not drawn (``None`` in its place)."""
+    its pictures are not drawn (``None`` in its place). When the batched call raised a
+    warning, each request is explained again on its own, so that it carries only its own
+    warnings (a result is cached under its own key and must not depend on its batch mates)."""
     import torch
 
     first = settings[0]
@@ -270,12 +270,22 @@ def explain_views(
         else:
             per_input, logits = _explain_maps(loaded, x, methods, targets, first, ctx)
             extra = {}
-    probs = _probabilities(loaded, logits)
-    ctx.progress(0.9, "drawing")
     notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     # a batch draws no pictures for a request cancelled meanwhile (one alone has just
     # passed its check: it is drawn)
     skip = getattr(ctx, "skip", None) if len(prepared) > 1 else None
+    if notes and len(prepared) > 1:
+        # the batched call warned: a warning may concern only some of its inputs (constant
+        # maps, no targets), and a result is cached under its own key, so it must not carry
+        # its batch mates' warnings: each request is explained alone, with its own
+        return [
+            None  # type: ignore[misc]
+            if skip is not None and skip(i)
+            else explain_views(loaded, [prepared[i]], [settings[i]], ctx, [keys[i]])[0]
+            for i in range(len(prepared))
+        ]
+    probs = _probabilities(loaded, logits)
+    ctx.progress(0.9, "drawing")
     out: list[ViewResult] = []
     for i, per_method in enumerate(per_input):
         if skip is not None and skip(i):
@@ -402,32 +412,42 @@ def _label_text(loaded: Any, label: Any) -> Any:
 
 
 class _LogitsTarget:
-    """The request's target as a callable on the logits :func:`xaikit.explain` computes:
-    it keeps them (the prediction panel needs no second forward pass) and answers the
-    target, top-k included (``(N, k)`` indices, one row per input)."""
+    """The request's keyword or top-k target as a callable on the logits
+    :func:`xaikit.explain` computes: it keeps them (the prediction panel needs no second
+    forward pass) and answers the target, top-k included (``(m, k)`` indices, one row per
+    input of the logits it is given). It reads only the logits it gets, so it holds for
+    every chunk when the memory budget splits the call (each chunk calls it on its rows)."""
 
-    def __init__(self, targets: Sequence[Any], class_names: Sequence[str] | None) -> None:
-        self.targets = list(targets)
-        self.class_names = list(class_names or [])
+    def __init__(self, target: Any) -> None:
+        self.target = target
         self.logits: Any = None
 
     def __call__(self, logits: Any) -> Any:
         self.logits = logits.detach()
-        first = self.targets[0]
-        if isinstance(first, tuple):
-            k = min(first[1], int(logits.shape[-1]))
-            return logits.detach().topk(k, dim=1).indices
-        if isinstance(first, str) and first in KEYWORD_TARGETS:
-            return first  # the same keyword for every row (the batch key says so)
-        if len(self.targets) == 1:
-            return first
-        # a class per request (index or name): one per row, as a list
-        return [self._index(t) for t in self.targets]
+        if isinstance(self.target, tuple):
+            k = min(self.target[1], int(logits.shape[-1]))
+            return self.logits.topk(k, dim=1).indices
+        return self.target  # the same keyword for every row (the batch key says so)
 
-    def _index(self, target: Any) -> Any:
-        if isinstance(target, str) and target in self.class_names:
-            return self.class_names.index(target)
+
+def _explain_target(targets: Sequence[Any], class_names: Sequence[str] | None) -> Any:
+    """What :func:`xaikit.explain` is given for ``targets`` (one per input): a
+    :class:`_LogitsTarget` for a keyword or top-k; explicit classes as they are (one
+    request) or as a plain list with one class index per row, which the engine slices per
+    chunk when the memory budget splits the call."""
+    first = targets[0]
+    if isinstance(first, tuple) or (isinstance(first, str) and first in KEYWORD_TARGETS):
+        return _LogitsTarget(first)
+    if len(targets) == 1:
+        return first
+    names = list(class_names or [])
+
+    def index(target: Any) -> Any:
+        if isinstance(target, str) and target in names:
+            return names.index(target)
         return target
+
+    return [index(t) for t in targets]
 
 
 def _explain_maps(
@@ -443,12 +463,12 @@ def _explain_maps(
     import xaikit
 
     ctx.progress(0.1, f"explaining with {', '.join(methods)}")
-    picker = _LogitsTarget(targets, loaded.class_names)
+    target = _explain_target(targets, loaded.class_names)
     results = xaikit.explain(
         loaded.model,
         x,
         method=methods,
-        target=picker,
+        target=target,
         layer=settings.get("layer") or "auto",
         reshape=settings.get("reshape") or "auto",
         score=settings.get("score", "logit"),
@@ -458,7 +478,7 @@ def _explain_maps(
         quiet=True,
     )
     ctx.check()
-    logits = picker.logits
+    logits = target.logits if isinstance(target, _LogitsTarget) else None
     if logits is None or logits.shape[0] != x.shape[0]:  # explained in chunks: forward once
         logits = _logits(loaded, x)
     logits = logits.float()

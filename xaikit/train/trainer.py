@@ -32,8 +32,9 @@ Several processes (``torchrun --nproc-per-node N``, after
 each rank on ``cuda:<LOCAL_RANK>``) and feeds it a :class:`DistributedSampler` seeded with
 ``seed`` and told the epoch (``set_epoch``) before every epoch, so the shuffling changes
 with the epoch and resumes exactly. ``batch_size`` stays the **global** batch: each rank
-takes ``batch_size / N`` items per step (a ``batch_size`` that ``N`` does not divide is
-refused) and the gradients are averaged over the ranks, so a step sees the gradient of the
+takes ``batch_size / N`` items per step (when the trainer builds the loader, from a Dataset
+or a pair, a ``batch_size`` that ``N`` does not divide is refused; a DataLoader keeps its own
+batch size) and the gradients are averaged over the ranks, so a step sees the gradient of the
 mean loss over ``batch_size`` items, as one process would. Step ``t`` is made of the items
 ``[t * batch_size, (t + 1) * batch_size)`` of the epoch's permutation (see
 :func:`~xaikit.train.loaders.make_distributed_loader`): a single process given a DataLoader
@@ -57,6 +58,16 @@ number of processes is refused (the shuffling and the random states are per rank
 line that says how many to launch. :meth:`Trainer.stop` must be called on every rank at the
 same step (a callback that decides on the epoch record does; a rank that stops alone leaves
 the others waiting).
+
+A failure inside the distributed part of ``fit`` (from the DistributedDataParallel wrapper's
+construction to the last epoch) ends the process: the other ranks may be waiting in one of
+PyTorch's own collectives (the gradient all-reduce, a buffer broadcast), which the
+:meth:`~xaikit.distributed.Group.agree` of :func:`xaikit.distributed.guard` would not match,
+so the run would hang. The failing rank writes ``xaikit: error: rank R: <message>`` (with
+the traceback for an internal error) to its real stderr and exits (status 2 for a
+:class:`~xaikit.errors.XaikitError`, 1 otherwise); ``torchrun`` then stops the other ranks.
+Errors every rank raises together, after comparing notes (a loss that is not finite, a
+monitor that is not logged), and Ctrl-C propagate as in one process.
 """
 
 from __future__ import annotations
@@ -69,6 +80,7 @@ import random
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,6 +139,44 @@ class TrainingDivergedError(XaikitError):
     """The loss became nan or infinite; training stopped and the last good checkpoint was kept."""
 
 
+#: An attribute set on an exception that every rank raises at the same point of ``fit``
+#: (after an agreement), so that it may propagate to :func:`xaikit.distributed.guard`.
+_EVERY_RANK = "_xaikit_every_rank"
+
+
+def _on_every_rank(error: BaseException) -> BaseException:
+    """Mark ``error`` as raised by every rank together (see :func:`_exit_rank`)."""
+    setattr(error, _EVERY_RANK, True)
+    return error
+
+
+def _exit_rank(rank: int, error: BaseException) -> None:
+    """End this process after ``error`` left the distributed part of ``fit``.
+
+    The other ranks may be waiting in a collective of DistributedDataParallel, which an
+    :meth:`~xaikit.distributed.Group.agree` would not match: write the error to the real
+    stderr (other ranks' ``sys.stderr`` goes to /dev/null) and exit at once, so that
+    ``torchrun`` stops the other ranks.
+    """
+    if isinstance(error, XaikitError):
+        text, code = f"xaikit: error: rank {rank}: {error}", 2
+    else:
+        trace = "".join(traceback.format_exception(error)).rstrip()
+        text, code = f"xaikit: error: rank {rank}: an internal error:\n{trace}", 1
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    stream = sys.__stderr__
+    try:
+        if stream is None:
+            raise OSError("no stderr")
+        stream.write(text + "\n")
+        stream.flush()
+    except Exception:
+        with contextlib.suppress(OSError):
+            os.write(2, (text + "\n").encode("utf-8", "replace"))
+    os._exit(code)
+
+
 def check_batch_size(batch_size: int, world: int) -> None:
     """Refuse a global ``batch_size`` that the ``world`` processes of a run cannot share
     evenly (one :class:`~xaikit.errors.XaikitConfigError` line)."""
@@ -156,7 +206,8 @@ class Trainer:
         min_lr: the floor of ``cosine``.
         pct_start: the warm-up fraction of ``onecycle``.
         batch_size: batch size for data given as a Dataset (a DataLoader keeps its own);
-            under torchrun the global batch, split evenly over the processes.
+            under torchrun the global batch, split evenly over the processes (``fit``
+            refuses one they cannot share when it builds the loader).
         grad_clip: clip the global L2 norm of the gradients to this value.
         early_stopping: stop after this many epochs without improvement of ``monitor``.
         monitor: the history key that picks the best checkpoint and drives early stopping;
@@ -229,7 +280,6 @@ class Trainer:
             )
         #: this process's rank among those of the run (a group of one without torchrun).
         self.group = distributed.current()
-        check_batch_size(batch_size, self.group.world)
         self.device = resolve_device(
             self.group.device(str(device)) if self.group.distributed else device
         )
@@ -340,6 +390,8 @@ class Trainer:
             raise XaikitConfigError(f"epochs must be at least 1, got {epochs}")
         group = self.group
         if group.distributed:
+            if not isinstance(train, DataLoader):  # a DataLoader keeps its own batch size
+                check_batch_size(self.batch_size, group.world)
             train_loader = make_distributed_loader(
                 train,
                 batch_size=self.batch_size // group.world,
@@ -376,36 +428,39 @@ class Trainer:
             return self.history
         self._stop_requested = False
         self.interrupted = False
-        if group.distributed:
-            # Built after a resume loaded the weights (it checks every rank has the same),
-            # and dropped when fit returns: a wrapper kept alive holds the process group
-            # past its shutdown, and its threads then abort the process as it exits.
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
-        host = private_host_rng() if group.distributed else contextlib.nullcontext()
-        with private_global_rng(self.device), host:
-            if self._rng_state is None:
-                # The global stream gets its own seed so dropout masks are not drawn from the
-                # same numbers as the shuffling order; each rank its own (rank 0: seed + 1).
-                rank_seed = self.seed + 1 + group.rank
-                torch.default_generator.manual_seed(rank_seed)
-                if self.device.type == "cuda":
-                    torch.cuda.manual_seed(rank_seed)
-                if group.distributed:
-                    np.random.seed(rank_seed % 2**32)
-                    random.seed(rank_seed)
-            else:
-                set_rng_state(self._rng_state, self.device)
-            try:
-                self._run(train_loader, val_loader, epochs)
-            except KeyboardInterrupt:
-                self.interrupted = True
-                raise
-            finally:
-                self._rng_state = get_rng_state(self.device, host=group.distributed)
-                if self._ddp is not None:
-                    self._ddp = None
-                    gc.collect()  # the wrapper's reference cycles go now, not at exit
+        # From here on the ranks also meet in DistributedDataParallel's own collectives: a
+        # failure on one rank ends its process (see _exits_on_failure), never an `agree`.
+        with self._exits_on_failure():
+            if group.distributed:
+                # Built after a resume loaded the weights (it checks every rank has the same),
+                # and dropped when fit returns: a wrapper kept alive holds the process group
+                # past its shutdown, and its threads then abort the process as it exits.
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+            host = private_host_rng() if group.distributed else contextlib.nullcontext()
+            with private_global_rng(self.device), host:
+                if self._rng_state is None:
+                    # The global stream gets its own seed so dropout masks are not drawn from the
+                    # same numbers as the shuffling order; each rank its own (rank 0: seed + 1).
+                    rank_seed = self.seed + 1 + group.rank
+                    torch.default_generator.manual_seed(rank_seed)
+                    if self.device.type == "cuda":
+                        torch.cuda.manual_seed(rank_seed)
+                    if group.distributed:
+                        np.random.seed(rank_seed % 2**32)
+                        random.seed(rank_seed)
+                else:
+                    set_rng_state(self._rng_state, self.device)
+                try:
+                    self._run(train_loader, val_loader, epochs)
+                except KeyboardInterrupt:
+                    self.interrupted = True
+                    raise
+                finally:
+                    self._rng_state = get_rng_state(self.device, host=group.distributed)
+                    if self._ddp is not None:
+                        self._ddp = None
+                        gc.collect()  # the wrapper's reference cycles go now, not at exit
         return self.history
 
     def evaluate(self, data: TrainData) -> dict[str, Any]:
@@ -618,7 +673,10 @@ class Trainer:
                     return None
         if not losses:
             raise DataError("the training data is empty (no batches)")
-        self._check_losses(losses, checked, epoch)
+        if checked < len(losses):
+            # Nothing left when the steps are a multiple of log_every. Every rank has the
+            # same number of steps, so under torchrun each makes the same agree calls.
+            self._check_losses(losses, checked, epoch)
         weights = torch.tensor(sizes, dtype=torch.float64, device=self.device)
         if self.group.distributed:
             # Sums and counts of every rank: the mean over every item of the epoch.
@@ -687,6 +745,20 @@ class Trainer:
 
     # --- pieces -------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _exits_on_failure(self) -> Any:
+        """Under torchrun, end the process (:func:`_exit_rank`) on an exception that only
+        this rank raised; errors every rank raises together, ``RemoteRankError`` and
+        Ctrl-C propagate. One process: nothing changes."""
+        try:
+            yield
+        except Exception as err:
+            if self.group.distributed and not (
+                getattr(err, _EVERY_RANK, False) or isinstance(err, distributed.RemoteRankError)
+            ):
+                _exit_rank(self.group.rank, err)
+            raise
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """float16 autocast under mixed precision; nothing (not even a disabled autocast,
         which costs a few microseconds per step) otherwise."""
@@ -729,7 +801,7 @@ class Trainer:
             shares = self.group.agree((mean * len(recent), len(recent), bad))
             mean = sum(s[0] for s in shares) / max(sum(s[1] for s in shares), 1)
             bad = next((s[2] for s in shares if s[2] is not None), None)
-        if bad is not None:
+        if bad is not None:  # every rank raises it: they compared notes above
             self._diverged(bad[0], epoch, f"step {bad[1]}")
         return mean
 
@@ -745,17 +817,24 @@ class Trainer:
             else "no checkpoint was written"
         )
         at = f"epoch {epoch} {where}".strip()
-        raise TrainingDivergedError(
-            f"{what} became {value} at {at}; {kept}; try a lower learning rate "
-            f"(lr={self.optimizer.param_groups[0]['lr']:.3g}) or gradient clipping"
+        # Every rank raises it together: the losses are agreed on, the validation figures
+        # are those of the whole set on every rank.
+        raise _on_every_rank(
+            TrainingDivergedError(
+                f"{what} became {value} at {at}; {kept}; try a lower learning rate "
+                f"(lr={self.optimizer.param_groups[0]['lr']:.3g}) or gradient clipping"
+            )
         )
 
     def _monitored(self, record: dict[str, Any]) -> float:
         assert self.monitor is not None
         if self.monitor.name not in record:
             available = ", ".join(k for k in record if k.startswith(("train_", "val_")))
-            raise XaikitConfigError(
-                f"monitor {self.monitor.name!r} is not logged; choose one of {available}"
+            # Every rank raises it together: the records are the same on every rank.
+            raise _on_every_rank(
+                XaikitConfigError(
+                    f"monitor {self.monitor.name!r} is not logged; choose one of {available}"
+                )
             )
         return float(record[self.monitor.name])
 
