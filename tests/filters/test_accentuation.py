@@ -70,29 +70,6 @@ def test_accentuation_stays_near_the_image_and_raises_the_channel(striped):
     assert result.summary()[0]["distance"] == pytest.approx(float(result.distance[0]))
 
 
-def _cli_setup(tmp_path, monkeypatch, striped):
-    """The striped model as a checkpoint and its images as the ``striped`` data set."""
-    from xaikit import cli
-    from xaikit.cli import filters as filters_command
-    from xaikit.data import TensorDataset
-    from xaikit.zoo.checkpoint import save_model
-
-    model, images, labels, norm = striped
-    checkpoint = save_model(model, tmp_path / "model", input_shape=[3, 16, 16], normalization=norm)
-    dataset = TensorDataset(
-        images[:8],
-        labels[:8],
-        name="striped",
-        split="test",
-        classes=["h", "v", "d"],
-        task="multiclass",
-        input_kind="image",
-    )
-    monkeypatch.setattr(filters_command, "load", lambda name, split="train", **o: dataset)
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["filters"])
-    return cli, checkpoint
-
-
 def _accentuate_argv(checkpoint, out, *extra):
     return [
         "filters",
@@ -116,13 +93,13 @@ def _accentuate_argv(checkpoint, out, *extra):
 
 
 def test_an_interrupted_accentuation_resumes_with_only_the_missing_renders(
-    tmp_path, monkeypatch, striped
+    tmp_path, monkeypatch, striped_cli
 ):
     import json
 
     from xaikit.filters.accentuation_runs import JOURNAL
 
-    cli, checkpoint = _cli_setup(tmp_path, monkeypatch, striped)
+    cli, checkpoint = striped_cli(8)
     out = tmp_path / "out"
     argv = _accentuate_argv(checkpoint, out, "--n", "3")
     assert cli.main(argv) == 0
@@ -161,8 +138,8 @@ def test_an_interrupted_accentuation_resumes_with_only_the_missing_renders(
     assert head["header"]["images"] == 3 and len((out / JOURNAL).read_text().splitlines()) == 4
 
 
-def test_an_accentuation_over_the_limits_is_refused(tmp_path, monkeypatch, striped, capsys):
-    cli, checkpoint = _cli_setup(tmp_path, monkeypatch, striped)
+def test_an_accentuation_over_the_limits_is_refused(tmp_path, monkeypatch, striped_cli, capsys):
+    cli, checkpoint = striped_cli(8)
     monkeypatch.setenv("XAIKIT_LIMIT_FILES", "4")
     out = tmp_path / "out"
     assert cli.main(_accentuate_argv(checkpoint, out, "--n", "3")) == 2
@@ -173,48 +150,12 @@ def test_an_accentuation_over_the_limits_is_refused(tmp_path, monkeypatch, strip
     assert len(list((out / "accentuate").glob("*.png"))) == 3
 
 
-def test_the_cli_accentuates_data_images(tmp_path, monkeypatch, striped):
+def test_the_cli_accentuates_data_images(tmp_path, striped_cli):
     import json
 
-    from xaikit import cli
-    from xaikit.cli import filters as filters_command
-    from xaikit.data import TensorDataset
-    from xaikit.zoo.checkpoint import save_model
-
-    model, images, labels, norm = striped
-    checkpoint = save_model(model, tmp_path / "model", input_shape=[3, 16, 16], normalization=norm)
-    dataset = TensorDataset(
-        images[:8],
-        labels[:8],
-        name="striped",
-        split="test",
-        classes=["h", "v", "d"],
-        task="multiclass",
-        input_kind="image",
-    )
-    monkeypatch.setattr(filters_command, "load", lambda name, split="train", **o: dataset)
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["filters"])
+    cli, checkpoint = striped_cli(8)
     out = tmp_path / "out"
-    argv = [
-        "filters",
-        "--model",
-        str(checkpoint),
-        "--mode",
-        "accentuate",
-        "--data",
-        "striped",
-        "--layer",
-        BLOCK2,
-        "--out",
-        str(out),
-        "--n",
-        "2",
-        "--channels",
-        "3",
-        "--steps",
-        "8",
-        "--quiet",
-    ]
+    argv = _accentuate_argv(checkpoint, out, "--n", "2", "--channels", "3")
     assert cli.main(argv) == 0
     index = json.loads((out / "index.json").read_text())
     rows = index["channels"]

@@ -175,27 +175,9 @@ def test_concepts_on_the_striped_model_and_the_bank_round_trip(striped, method, 
     assert json.loads((tmp_path / "concepts.json").read_text())["method"] == method
 
 
-def test_the_cli_writes_a_concept_bank(tmp_path, monkeypatch, striped, capsys):
-    from xaikit import cli
-    from xaikit.cli import filters as filters_command
-    from xaikit.data import TensorDataset
-    from xaikit.zoo.checkpoint import save_model
-
-    model, images, labels, norm = striped
-    checkpoint = save_model(model, tmp_path / "model", input_shape=[3, 16, 16], normalization=norm)
-    dataset = TensorDataset(
-        images[:30],
-        labels[:30],
-        name="striped",
-        split="test",
-        classes=["h", "v", "d"],
-        task="multiclass",
-        input_kind="image",
-    )
-    monkeypatch.setattr(filters_command, "load", lambda name, split="train", **o: dataset)
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["filters"])
-    out = tmp_path / "out"
-    argv = [
+def _concepts_argv(checkpoint, out, *, k):
+    """``xaikit filters --mode concepts``: 3 DFF concepts at block 2, 2 maximization steps."""
+    return [
         "filters",
         "--model",
         str(checkpoint),
@@ -210,13 +192,19 @@ def test_the_cli_writes_a_concept_bank(tmp_path, monkeypatch, striped, capsys):
         "--n-concepts",
         "3",
         "--k",
-        "3",
+        str(k),
         "--steps",
         "2",
         "--concept-method",
         "dff",
         "--quiet",
     ]
+
+
+def test_the_cli_writes_a_concept_bank(tmp_path, monkeypatch, striped_cli, capsys):
+    cli, checkpoint = striped_cli(30)
+    out = tmp_path / "out"
+    argv = _concepts_argv(checkpoint, out, k=3)
     assert cli.main(argv) == 0
     index = json.loads((out / "index.json").read_text())
     assert index["method"] == "dff" and len(index["concepts"]) == 3
@@ -249,49 +237,11 @@ def test_the_cli_writes_a_concept_bank(tmp_path, monkeypatch, striped, capsys):
     assert not (out / "concepts.run.json").exists()
 
 
-def test_a_concepts_run_over_the_limits_is_refused(tmp_path, monkeypatch, striped, capsys):
-    from xaikit import cli
-    from xaikit.cli import filters as filters_command
-    from xaikit.data import TensorDataset
-    from xaikit.zoo.checkpoint import save_model
-
-    model, images, labels, norm = striped
-    checkpoint = save_model(model, tmp_path / "model", input_shape=[3, 16, 16], normalization=norm)
-    dataset = TensorDataset(
-        images[:12],
-        labels[:12],
-        name="striped",
-        split="test",
-        classes=["h", "v", "d"],
-        task="multiclass",
-        input_kind="image",
-    )
-    monkeypatch.setattr(filters_command, "load", lambda name, split="train", **o: dataset)
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["filters"])
+def test_a_concepts_run_over_the_limits_is_refused(tmp_path, monkeypatch, striped_cli, capsys):
+    cli, checkpoint = striped_cli(12)
     monkeypatch.setenv("XAIKIT_LIMIT_SECONDS", "0.000001")
     out = tmp_path / "out"
-    argv = [
-        "filters",
-        "--model",
-        str(checkpoint),
-        "--mode",
-        "concepts",
-        "--data",
-        "striped",
-        "--layer",
-        BLOCK2,
-        "--out",
-        str(out),
-        "--n-concepts",
-        "3",
-        "--k",
-        "2",
-        "--steps",
-        "2",
-        "--concept-method",
-        "dff",
-        "--quiet",
-    ]
+    argv = _concepts_argv(checkpoint, out, k=2)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "concepts: 3 concepts, 2 steps, 8 files" in err and "pass --yes" in err

@@ -233,6 +233,17 @@ def _size(card: dict[str, Any], override: int | None) -> int | None:
     return int(shape[-1]) if shape else None
 
 
+def _refused(estimate: Any, yes: bool, hint: str) -> bool:
+    """Print a long run's estimate (:mod:`xaikit.estimates`) and, past the limits without
+    ``--yes``, the one-line refusal; whether the run is refused."""
+    if estimate.notable() or estimate.over():
+        print(estimate.line(), file=sys.stderr)
+    refusal = estimate.refusal(yes, hint)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+    return refusal is not None
+
+
 def _write_png(out: Path, name: str, data: bytes, files: list[str]) -> None:
     atomic_write_bytes(out / name, data)
     files.append(name)
@@ -309,11 +320,7 @@ def _maximize(
         in_channels=spec.channels,
         seconds_per_step=seconds,
     )
-    if estimate.notable() or estimate.over():
-        print(estimate.line(), file=sys.stderr)
-    refusal = estimate.refusal(args.yes, "or choose fewer --channels / --steps")
-    if refusal is not None:
-        print(refusal, file=sys.stderr)
+    if _refused(estimate, args.yes, "or choose fewer --channels / --steps"):
         return None
     header = {
         "model": args.model,
@@ -410,11 +417,7 @@ def _accentuate(
         seconds_per_step=seconds,
     )
     estimate = dataclasses.replace(estimate, what="accentuate")
-    if estimate.notable() or estimate.over():
-        print(estimate.line(), file=sys.stderr)
-    refusal = estimate.refusal(args.yes, "or choose fewer --n / --channels / --steps")
-    if refusal is not None:
-        print(refusal, file=sys.stderr)
+    if _refused(estimate, args.yes, "or choose fewer --n / --channels / --steps"):
         return None
     header = {
         "model": args.model,
@@ -541,11 +544,7 @@ def _concepts(
         seconds_per_batch=per_batch,
         seconds_per_step=per_step,
     )
-    if estimate.notable() or estimate.over():
-        print(estimate.line(), file=sys.stderr)
-    refusal = estimate.refusal(args.yes, "or choose fewer --n / --n-concepts / --steps")
-    if refusal is not None:
-        print(refusal, file=sys.stderr)
+    if _refused(estimate, args.yes, "or choose fewer --n / --n-concepts / --steps"):
         return None
     del x, probe
     bank = concepts(

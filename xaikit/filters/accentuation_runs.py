@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from xaikit.errors import XaikitConfigError
 from xaikit.filters._common import is_quiet
-from xaikit.filters.maximize import Maximization, _done, maximize
+from xaikit.filters.maximize import Maximization, _done, from_summary, maximize
 
 #: The journal of an accentuation run, in its output folder.
 JOURNAL = "accentuate.journal.jsonl"
@@ -170,15 +170,12 @@ def accentuate_into(
         ]
     )
     summary = [record["summary"] for record in records]
-    result = Maximization(
-        images=images,
-        units=rows,
+    result = from_summary(
+        images,
+        rows,
+        summary,
         layer=records[0]["layer"] if records else None,
         objective=records[0]["objective"] if records else "",
-        initial_score=torch.tensor([s["initial"] for s in summary], dtype=torch.float64),
-        score=torch.tensor([s["score"] for s in summary], dtype=torch.float64),
-        gain=torch.tensor([s["gain"] for s in summary], dtype=torch.float64),
-        flat=torch.tensor([s["flat"] for s in summary], dtype=torch.bool),
         steps=int(options.get("steps", header.get("steps", 256))),
         seed=int(options.get("seed", header.get("seed", 0))),
         param="accentuation",

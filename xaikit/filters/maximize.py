@@ -691,15 +691,12 @@ def maximize_into(
                 for u in units
             ]
         )
-    result = Maximization(
-        images=images,
-        units=units,
+    result = from_summary(
+        images,
+        units,
+        summary,
         layer=rows[0]["layer"] if rows else None,
         objective=rows[0]["objective"] if rows else "",
-        initial_score=torch.tensor([r["initial"] for r in summary], dtype=torch.float64),
-        score=torch.tensor([r["score"] for r in summary], dtype=torch.float64),
-        gain=torch.tensor([r["gain"] for r in summary], dtype=torch.float64),
-        flat=torch.tensor([r["flat"] for r in summary], dtype=torch.bool),
         steps=int(header.get("steps", options.get("steps", 256))),
         seed=int(header.get("seed", options.get("seed", 0))),
         param=rows[0].get("param", "fourier") if rows else "fourier",
@@ -707,6 +704,31 @@ def maximize_into(
     )
     files = [name for r in rows for name in r["files"]]
     return result, files
+
+
+def from_summary(
+    images: torch.Tensor,
+    units: Sequence[int],
+    summary: Sequence[dict[str, Any]],
+    **fields: Any,
+) -> Maximization:
+    """A :class:`Maximization` read back from disk: the ``(B, C, S, S)`` images and one
+    :meth:`Maximization.summary` row per unit (``initial``, ``score``, ``gain``, ``flat``);
+    ``fields``: ``layer``, ``objective``, ``steps``, ``seed``, ``param`` and the optional
+    ones (``transparency``, ``start``, ``distance``)."""
+
+    def column(key: str, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return torch.tensor([row[key] for row in summary], dtype=dtype)
+
+    return Maximization(
+        images=images,
+        units=[int(u) for u in units],
+        initial_score=column("initial"),
+        score=column("score"),
+        gain=column("gain"),
+        flat=column("flat", torch.bool),
+        **fields,
+    )
 
 
 def _write_maco(
