@@ -113,6 +113,20 @@ def test_resume_with_other_settings_is_refused(ckpt, reference, tmp_path, capsys
     assert "other settings" in capsys.readouterr().err
 
 
+def test_a_journal_whose_settings_line_is_torn_starts_over(ckpt, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert _run(out, ckpt) == 0
+    lines = (out / JOURNAL).read_text().splitlines()
+    (out / JOURNAL).write_text('{"header": {"mo' + "\n" + "\n".join(lines[1:]) + "\n")
+    calls = _spy(monkeypatch)
+    # other settings would be refused if the header could be read; unreadable, it vouches for
+    # nothing: every channel is rendered again and the journal starts with this run's settings
+    assert _run(out, ckpt, "--resume", "--seed", "4") == 0
+    assert calls == [[0, 1], [2, 3], [4, 5]]
+    head = json.loads((out / JOURNAL).read_text().splitlines()[0])
+    assert head["header"]["seed"] == 4
+
+
 def test_resume_with_nothing_left_renders_nothing(ckpt, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert _run(out, ckpt) == 0

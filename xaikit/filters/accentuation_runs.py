@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from xaikit.errors import XaikitConfigError
 from xaikit.filters._common import is_quiet
-from xaikit.filters.maximize import Maximization, _done, from_summary, maximize
+from xaikit.filters.maximize import Maximization, _done, _header_readable, from_summary, maximize
 
 #: The journal of an accentuation run, in its output folder.
 JOURNAL = "accentuate.journal.jsonl"
@@ -42,15 +42,7 @@ def read_journal(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]
     when there is no journal, or its first line (the settings) cannot be read: a journal
     that cannot vouch for its settings is started again."""
     path = out / JOURNAL
-    if not path.is_file():
-        return None
-    with open(path, "rb") as handle:
-        first = handle.readline()
-    try:
-        head = json.loads(first.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(head, dict) or "header" not in head:
+    if not path.is_file() or not _header_readable(path):
         return None
     header = json.loads(json.dumps(header))  # tuples -> lists, as read back
     records: dict[int, dict[str, Any]] = {}

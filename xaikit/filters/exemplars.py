@@ -223,6 +223,8 @@ def exemplars(
             done = list(covered)
             _save_state(folder, settings, done, chosen, best, spatial)
             _remove_states(folder, keep_main=True)
+        # No rank saves a state of its own before rank 0 has removed the old ones.
+        group.agree()
     # This rank's chunks of the batch size (one process: every batch), less what is covered.
     todo = [
         part

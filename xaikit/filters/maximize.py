@@ -569,6 +569,17 @@ def _done(out: Path, record: dict[str, Any]) -> bool:
     return True
 
 
+def _header_readable(path: Path) -> bool:
+    """Whether the journal's first line is a JSON object with its ``header``."""
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    try:
+        head = json.loads(first.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(head, dict) and "header" in head
+
+
 def read_journal(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """The verified records of ``out``'s journal, by channel. A journal written with other
     settings (``header``) is an error; a record that fails :func:`_done` is not done."""
@@ -628,10 +639,11 @@ def maximize_into(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     units = [int(c) for c in channels]
-    done = read_journal(folder, header) if resume else {}
-    pending = [u for u in units if u not in done]
     journal_path = folder / JOURNAL
-    fresh = not resume or not journal_path.is_file()
+    # A journal whose settings line cannot be read cannot vouch for its records: start again.
+    fresh = not resume or not journal_path.is_file() or not _header_readable(journal_path)
+    done = {} if fresh else read_journal(folder, header)
+    pending = [u for u in units if u not in done]
     with open(journal_path, "w" if fresh else "a", encoding="utf-8") as journal:
         if fresh:
             journal.write(json.dumps({"header": header}) + "\n")
