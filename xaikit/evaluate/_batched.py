@@ -13,7 +13,10 @@ compared one to one:
 * ``"black"`` / ``"white"`` / ``"mean"`` baselines are each sample's minimum / maximum / mean
   over all its features, ``"uniform"`` one U(0, 1) value per sample and perturbation;
 * model outputs are logits, or softmax probabilities when ``softmax=True`` (each metric's default
-  is Quantus's);
+  is Quantus's); the probabilities follow the head, as Quantus cannot: a one-logit (binary)
+  head gives ``(1 - p, p)`` (and its logits ``(-z, z)``), so targets 0 and 1 both read a
+  score, and ``softmax="multilabel"`` gives each label's sigmoid
+  (:func:`xaikit.evaluate.catalogue.run_metric` passes it for a multi-label xaikit head);
 * rankings are stable sorts (equal attributions are taken in feature-index order; numpy's
   default sort used by Quantus leaves that order unspecified).
 
@@ -105,7 +108,18 @@ def ranks_of(a: torch.Tensor, *, descending: bool) -> torch.Tensor:
     return torch.empty_like(order).scatter_(1, order, positions)
 
 
-def outputs(logits: torch.Tensor, softmax: bool) -> torch.Tensor:
+def outputs(logits: torch.Tensor, softmax: bool | str) -> torch.Tensor:
+    """What a metric reads of the model's ``(N, K)`` logits: the logits (``softmax`` false),
+    softmax probabilities (true), or each label's sigmoid (``"multilabel"``). A binary head
+    (``K == 1``, one logit ``z`` for class 1) reads as two classes: ``(-z, z)``, or
+    ``(1 - sigmoid(z), sigmoid(z))`` as probabilities."""
+    if logits.dim() == 2 and logits.shape[-1] == 1:
+        if not softmax:
+            return torch.cat([-logits, logits], dim=-1)
+        p = logits.sigmoid()
+        return torch.cat([1 - p, p], dim=-1)
+    if softmax == "multilabel":
+        return logits.sigmoid()
     return logits.softmax(dim=-1) if softmax else logits
 
 

@@ -135,6 +135,16 @@ def metric_spec(name: str) -> MetricSpec:
         ) from None
 
 
+def _default(fn: Callable[..., Any], name: str) -> Any:
+    """The default value of ``fn``'s keyword ``name`` (None without one)."""
+    import inspect
+
+    parameter = inspect.signature(fn).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
+
+
 def run_metric(
     name: str,
     model: nn.Module | None,
@@ -161,6 +171,12 @@ def run_metric(
         kwargs.setdefault("batch_size", batch_size)
     if "quiet" in takes:
         kwargs.setdefault("quiet", quiet)
+    probabilities = kwargs.get("softmax", _default(fn, "softmax")) is True
+    if "softmax" in takes and model is not None and probabilities:
+        from xaikit.zoo.heads import get_task
+
+        if get_task(model).name == "multilabel":
+            kwargs["softmax"] = "multilabel"  # each label's own probability, not a softmax
     if spec.needs == "maps":
         return fn(maps, **kwargs)
     if spec.needs == "masks":
