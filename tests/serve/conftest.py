@@ -4,6 +4,8 @@ client that talks to it as the browser would (Host 127.0.0.1:PORT), PNG files, j
 from __future__ import annotations
 
 import io
+import socket
+import threading
 import time
 
 import numpy as np
@@ -68,3 +70,28 @@ def make_client(**options) -> TestClient:
 def client():
     with make_client(models=[]) as c:
         yield c
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    """A real uvicorn server of the app (no models given) on a free loopback port, in a
+    thread: its URL. For the browser tests."""
+    uvicorn = pytest.importorskip("uvicorn")
+    port = _free_port()
+    app = create_app(models=[], host="127.0.0.1", port=port, items=8)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(10)

@@ -13,16 +13,13 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
-import threading
 import time
 
 import pytest
 import torch
 
 from xaikit.data import load
-from xaikit.serve import create_app
 from xaikit.zoo.checkpoint import load_model, read_card, resolve_checkpoint
 
 uvicorn = pytest.importorskip("uvicorn")
@@ -34,28 +31,6 @@ def _browser() -> str | None:
         if shutil.which(name):
             return shutil.which(name)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server_url():
-    port = _free_port()
-    app = create_app(models=[], host="127.0.0.1", port=port, items=8)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(10)
 
 
 def _dump(browser: str, url: str, profile) -> str:

@@ -20,18 +20,15 @@ import io
 import os
 import re
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import shapes_png
 from PIL import Image
-from test_serve_browser import _browser, _dump, _free_port
+from test_serve_browser import _browser, _dump
 
 import xaikit
-from xaikit.serve import create_app
 from xaikit.viz.colormaps import apply_colormap
 from xaikit.zoo.checkpoint import load_model
 
@@ -49,22 +46,6 @@ def browser():
     if found is None:
         pytest.skip("no Chromium on this machine (chromium, google-chrome); the page is untested")
     return found
-
-
-@pytest.fixture(scope="module")
-def server_url():
-    port = _free_port()
-    app = create_app(models=[], host="127.0.0.1", port=port, items=8)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(10)
 
 
 @pytest.fixture(scope="module")
