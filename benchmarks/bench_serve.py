@@ -3,7 +3,8 @@
 A real ``xaikit serve`` process (uvicorn on 127.0.0.1, a free port) is started for each
 round and talked to over HTTP as the page does (``POST /api/explain`` with ``"wait"``, so a
 quick view is answered by that one request, else a long poll of ``GET /api/jobs/ID?wait=5``
-until done). On the reference model ``shapes-multiclass``:
+until done). On the reference model ``shapes-multiclass`` by default, or any model the
+server takes (``--model torchvision:resnet18 --data shapes``: random weights, 224 px):
 
 * **cold**: the first explain request after the server started (the model loads lazily,
   so this includes loading it), end to end;
@@ -32,6 +33,11 @@ default 1).
 
     python benchmarks/bench_serve.py              # 3 rounds, 5 repeats each
     python benchmarks/bench_serve.py --rounds 5 --repeats 9
+    python benchmarks/bench_serve.py --model torchvision:resnet18 --data shapes
+
+The overhead is a fixed cost per view (HTTP, JSON, the job, three PNGs), so its share of
+the explain time depends on the model: on the 1.5 ms reference model the HTTP floor alone
+is most of it; on a model that takes tens of milliseconds per image it is a few percent.
 """
 
 from __future__ import annotations
@@ -80,11 +86,12 @@ def explain_over_http(base: str, payload: dict) -> dict:
 class Server:
     """``xaikit serve`` in its own process on a free loopback port."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, model: str, data: str | None) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}/"
         command = [sys.executable, "-m", "xaikit", "serve", "--port", str(self.port)]
-        command += ["--items", str(ITEMS), "--device", "cpu"]
+        command += ["--items", str(ITEMS), "--device", "cpu", "--model", model]
+        command += ["--data", data] if data else []
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
@@ -116,22 +123,21 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def direct_inputs():
-    """The 20 inputs and targets of the throughput case, as the server prepares them."""
-    import torch
+def direct_inputs(model: str, data: str | None):
+    """The model and the 20 inputs and targets of the throughput case, prepared by the
+    server's own :class:`~xaikit.serve.models.Registry` (the same weights, seed and pixels)."""
+    from xaikit.serve.models import Registry
 
-    from xaikit.data import load
-    from xaikit.zoo.checkpoint import read_card, resolve_checkpoint
-
-    card = read_card(resolve_checkpoint(MODEL))
-    dataset = load(
-        card["data"]["name"], "test", **{**card["data"]["options"], "n": ITEMS, "seed": 0}
-    )
-    classes = len(card["class_names"])
-    return [(torch.as_tensor(dataset[i][0])[None], i % classes) for i in range(N_CONCURRENT)]
+    registry = Registry([model], data=data, items=ITEMS, shipped=False)
+    loaded = registry.model(model)
+    classes = len(loaded.class_names or ()) or 1
+    inputs = [(registry.prepare(loaded, {"item": i}).x, i % classes) for i in range(N_CONCURRENT)]
+    return loaded.model, inputs
 
 
-def one_round(model, inputs, threads: int, repeats: int = 5) -> dict[str, float]:
+def one_round(
+    model, inputs, threads: int, spec: str, data: str | None, repeats: int = 5
+) -> dict[str, float]:
     """One round: the direct calls (median of ``repeats``), then a fresh server: cold, cached
     and warm requests, and the 20 concurrent requests (median of ``repeats``)."""
     import xaikit
@@ -143,7 +149,7 @@ def one_round(model, inputs, threads: int, repeats: int = 5) -> dict[str, float]
                 model, x, method="gradcam", target=target, return_result=True, quiet=True
             )
             if render:  # what the server adds per view: the map and input pictures
-                views.pixels_uri(views.heatmap_pixels(res.maps[0, 0].numpy(), "jet"))
+                views.heatmap_uri(res.maps[0, 0].numpy(), "jet")
                 views.pixels_uri(views.input_pixels(x[0], "image"), level=0)
 
     import torch
@@ -158,10 +164,10 @@ def one_round(model, inputs, threads: int, repeats: int = 5) -> dict[str, float]
 
     rendered = statistics.median(_timed(lambda: direct_all(True))[0] for _ in range(repeats))
 
-    server = Server(threads)
+    server = Server(threads, spec, data)
     try:
         base = server.base
-        first = {"model": MODEL, "item": 0, "methods": ["gradcam"]}
+        first = {"model": spec, "item": 0, "methods": ["gradcam"]}
         cold, _ = _timed(lambda: explain_over_http(base, first))
         cached, job = _timed(lambda: explain_over_http(base, first))
         assert job["message"] == "cached", job
@@ -180,7 +186,7 @@ def one_round(model, inputs, threads: int, repeats: int = 5) -> dict[str, float]
             batcheds.append(_timed(direct_batched)[0])
             payloads = [
                 {
-                    "model": MODEL,
+                    "model": spec,
                     "item": i,
                     "methods": ["gradcam"],
                     "target": str(target),
@@ -239,19 +245,22 @@ def main() -> int:
         help="torch threads of the server and of the direct calls alike (default 1: the "
         "steadiest figures on a shared machine)",
     )
+    parser.add_argument(
+        "--model", default=MODEL, help=f"the model served and explained (default: {MODEL})"
+    )
+    parser.add_argument(
+        "--data", help="data set of the gallery (default: the model card's; e.g. shapes)"
+    )
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
 
-    from xaikit.zoo.checkpoint import load_model
-
-    model, _ = load_model(MODEL)
-    inputs = direct_inputs()
+    model, inputs = direct_inputs(args.model, args.data)
     rounds = []
     for r in range(args.rounds):
-        rounds.append(one_round(model, inputs, args.threads, args.repeats))
+        rounds.append(one_round(model, inputs, args.threads, args.model, args.data, args.repeats))
         print(
             f"round {r + 1}: "
             + ", ".join(
@@ -270,7 +279,7 @@ def main() -> int:
     over_b = statistics.median(q for r in rounds for q in r["ratios_b"]) - 1
     print()
     print(
-        f"xaikit serve, {MODEL}, Grad-CAM, CPU ({torch.get_num_threads()} torch threads, "
+        f"xaikit serve, {args.model}, Grad-CAM, CPU ({torch.get_num_threads()} torch threads, "
         f"{os.cpu_count()} cores), median of {args.rounds} rounds"
     )
     print(f"  cold  (first request after start, model load included): {med['cold'] * 1000:8.1f} ms")

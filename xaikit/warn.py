@@ -9,8 +9,9 @@ from pathlib import Path
 _PACKAGE = str(Path(__file__).resolve().parent)
 
 
-def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
-    """``warnings.warn`` with the stack level of the first frame outside xaikit.
+def warn_user(message: str | Warning, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` with the stack level of the first frame outside xaikit (a
+    ``Warning`` instance as ``message`` is its own category and keeps its attributes).
 
     A fixed ``stacklevel`` is wrong as soon as one entry point wraps another (the callable
     ``xaikit.explain`` package, the evaluation suite, the CLI); counting our own frames is not.

@@ -26,7 +26,7 @@ from xaikit.explain.engine import (
 )
 from xaikit.explain.state import borrowed
 
-FIELDS = ("maps", "raw", "targets", "valid", "scores", "probabilities", "degenerate")
+FIELDS = ("maps", "raw", "targets", "valid", "scores", "probabilities", "degenerate", "logits")
 
 #: Per method: options given to both calls (the same ``internal_batch_size`` for the methods
 #: whose summation order follows it, so only the input chunking differs).
@@ -126,6 +126,8 @@ def test_chunked_call_equals_one_call(
         handle.remove()
     assert 3 in calls and 10 not in calls  # chunks of 3 (3 + 3 + 3 + 1), never the batch
     assert_same(chunked, whole)
+    with torch.no_grad():  # the logits of the explained forward pass are the model's
+        torch.testing.assert_close(chunked.logits, exact_multiclass(images), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "ig", "smoothgrad"])

@@ -98,15 +98,22 @@ def test_a_batched_call_gives_each_input_its_single_call_maps(registry, model_na
             _assert_same_view(batched[i], single)
 
 
-def test_one_forward_pass_and_its_logits_are_the_models(registry):
-    """The prediction panel reads the logits ``explain`` computed: no second forward."""
+@pytest.mark.parametrize("targets", [["predicted"] * 3, [1, 4, 2]])
+def test_one_forward_pass_and_its_logits_are_the_models(registry, targets):
+    """The prediction panel reads the logits ``explain`` computed (``Explanation.logits``):
+    no second forward, for keyword targets and for explicit classes (one per request)."""
     loaded = registry.model("shapes-multiclass")
     prepared = [registry.prepare(loaded, {"item": i}) for i in range(3)]
+    W.explain_views(loaded, prepared, [_settings(["gradcam"], "predicted")] * 3, _Ctx(), "xyz")
     calls = []
     handle = loaded.model.register_forward_hook(lambda *_: calls.append(1))
     try:
         results = W.explain_views(
-            loaded, prepared, [_settings(["gradcam"], "predicted")] * 3, _Ctx(), ["a", "b", "c"]
+            loaded,
+            prepared,
+            [_settings(["gradcam"], t) for t in targets],
+            _Ctx(),
+            ["a", "b", "c"],
         )
     finally:
         handle.remove()
@@ -403,14 +410,26 @@ def test_a_batch_split_in_chunks_by_the_memory_budget_is_not_rerun(registry, mon
             assert [m["target"] for m in batched[i].public["methods"][0]["maps"]] == [wanted]
 
 
-def test_a_batched_result_carries_only_its_own_warnings(registry):
+@pytest.mark.parametrize("methods", [["gradcam"], ["saliency", "gradcam", "gradcam++"]])
+def test_a_batched_result_carries_only_its_own_warnings(registry, methods):
     """A result is cached under its own key: its warnings must not depend on its batch
-    mates (digits-cnn's second class of item 0 has a constant Grad-CAM, the others not)."""
+    mates (digits-cnn's second class of item 0 has a constant Grad-CAM, the others not).
+    Constant maps are the engine's one per-input warning: each request's text is rebuilt
+    from its own rows, so the batch is not explained again (one forward pass)."""
     loaded = registry.model("digits-cnn")
     prepared = [registry.prepare(loaded, {"item": i}) for i in range(5)]
-    settings = [_settings(["gradcam"], ("top", 2))] * 5
+    settings = [_settings(methods, ("top", 2))] * 5
     keys = [f"k{i}" for i in range(5)]
-    batched = W.explain_views(loaded, prepared, settings, _Ctx(), keys)
+    W.explain_views(loaded, prepared[:1], settings[:1], _Ctx(), keys[:1])  # the layer chosen
+    calls = []
+    handle = loaded.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        W.explain_views(loaded, prepared[1:2], settings[1:2], _Ctx(), keys[1:2])
+        per_call, calls[:] = len(calls), []
+        batched = W.explain_views(loaded, prepared, settings, _Ctx(), keys)
+    finally:
+        handle.remove()
+    assert len(calls) == per_call  # the five requests cost one call's forward passes
     alone = [W.explain_view(loaded, prepared[i], settings[i], _Ctx(), keys[i]) for i in range(5)]
     warned = [bool(r.public["warnings"]) for r in alone]
     assert any(warned) and not all(warned)  # the case holds for these weights

@@ -33,7 +33,7 @@ from xaikit.explain.api import (
     explain,
 )
 from xaikit.explain.cam import CAM_METHODS, CamMethod, register_cam_method
-from xaikit.explain.engine import METHODS
+from xaikit.explain.engine import METHODS, DegenerateMapsWarning
 from xaikit.explain.hooks import Capture
 from xaikit.explain.layers import auto_layer, resolve_layer, trace_layers
 from xaikit.explain.postprocess import normalize_maps
@@ -46,6 +46,7 @@ __all__ = [
     "METHODS",
     "CamMethod",
     "Capture",
+    "DegenerateMapsWarning",
     "EigenCAM",
     "ExplainWarning",
     "Explainer",

@@ -625,6 +625,7 @@ def _run(
             options=dict(routed.get(name, {})),
             layout=layout.describe() if layout is not None and uses_layer else None,
             conservation=conservation.get(name),
+            logits=logits,
         )
     for name, per_layer in layer_maps.items():
         if name in results:
@@ -671,17 +672,32 @@ def _lrp_layer(name: str, layer: str | nn.Module) -> str | None:
     return layer if isinstance(layer, str) else type(layer).__name__
 
 
-def _warn_degenerate(results: Mapping[str, Explanation], layer: str | None) -> None:
-    parts = []
-    for name, result in results.items():
-        count = int(result.degenerate.sum())
-        if count:
-            total = int(result.valid.sum())
-            parts.append(f"{name}: {count} of {total}")
+class DegenerateMapsWarning(ExplainWarning):
+    """Constant maps were returned as zeros. ``counts``: ``{method: (constant, explained)}``
+    maps of the call; ``layer``: the CAM layer named in the message. A caller that batched
+    several requests into one call (the explorer) rebuilds each request's own warning from
+    its rows' ``degenerate`` flags with :func:`degenerate_message`."""
+
+    def __init__(self, counts: Mapping[str, tuple[int, int]], layer: str | None) -> None:
+        self.counts = dict(counts)
+        self.layer = layer
+        super().__init__(degenerate_message(self.counts, layer))
+
+
+def degenerate_message(counts: Mapping[str, tuple[int, int]], layer: str | None) -> str:
+    """The text of :class:`DegenerateMapsWarning` for ``{method: (constant, explained)}``."""
+    parts = [f"{name}: {count} of {total}" for name, (count, total) in counts.items() if count]
     where = f" at layer {layer!r}" if layer else ""
-    warn_user(
+    return (
         f"constant heatmaps ({'; '.join(parts)}) were returned as zeros and flagged in "
         f"Explanation.degenerate (e.g. a CAM with no positive evidence{where}: try another "
-        "layer or target)",
-        ExplainWarning,
+        "layer or target)"
     )
+
+
+def _warn_degenerate(results: Mapping[str, Explanation], layer: str | None) -> None:
+    counts = {
+        name: (int(result.degenerate.sum()), int(result.valid.sum()))
+        for name, result in results.items()
+    }
+    warn_user(DegenerateMapsWarning(counts, layer))

@@ -46,6 +46,10 @@ class Explanation:
         conservation: ``(N, K)`` LRP only: the summed relevance of each target (at the input,
             or at the layer), to compare with ``scores``, the relevance it started from
             (equal for conserving rules); 0 for padding; ``None`` for other methods.
+        logits: ``(N, C)`` the model's outputs on the inputs, from the forward pass that
+            chose the targets (detached; for a model with one output, ``(N, 1)``), so a
+            caller needs no second forward pass for the prediction; ``None`` when an
+            Explanation is built by hand.
     """
 
     maps: torch.Tensor
@@ -65,6 +69,7 @@ class Explanation:
     layout: str | None = None
     layer_maps: dict[str, torch.Tensor] | None = None
     conservation: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
     @property
     def heatmap(self) -> torch.Tensor:
@@ -170,6 +175,9 @@ def concat_explanations(parts: list[Explanation]) -> Explanation:
         options=dict(first.options),
         layout=first.layout,
         conservation=_concat_conservation(parts, k),
+        logits=None
+        if any(part.logits is None for part in parts)
+        else torch.cat([part.logits for part in parts], dim=0),  # type: ignore[misc]
         layer_maps=None
         if first.layer_maps is None
         else {

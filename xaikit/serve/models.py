@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xaikit.errors import DataError, XaikitConfigError, XaikitError
+from xaikit.serve.cache import LRUCache
 
 Loader = Callable[[], tuple[Any, dict[str, Any]]]
 #: Items of a data set the gallery shows (and exemplars search), at most.
@@ -80,6 +81,9 @@ class LoadedModel:
     recurrent: bool
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     memo: dict[str, Any] = field(default_factory=dict, repr=False)
+    # inputs drawn as data URIs, by input hash: another method or target of the same image
+    # does not draw it again (about 2 ms at 224 px)
+    pictures: LRUCache = field(default_factory=lambda: LRUCache(128, 32 * 1024 * 1024), repr=False)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -163,8 +167,6 @@ class Registry:
         device: str = "cpu",
         uploads: Any = None,
     ) -> None:
-        from xaikit.serve.cache import LRUCache
-
         self.entries: dict[str, ModelEntry] = {}
         given: dict[str, Loader] = {}
         if isinstance(models, Mapping):

@@ -245,7 +245,7 @@ def explain_views(
     """:func:`explain_view` of several inputs by one :func:`xaikit.explain` call (the
     inputs stacked into one batch); ``settings[i]`` is request ``i``'s (they agree on
     :func:`batch_key`; the colormap may differ). One forward pass: the logits of the
-    prediction panel are the ones ``explain`` computed (read by the target callable).
+    prediction panel are the ones ``explain`` computed (:attr:`Explanation.logits`).
     ``ctx.skip(i)``, when the context has it, says request ``i`` was cancelled meanwhile:
     its pictures are not drawn (``None`` in its place). When the batched call raised a
     warning, each request is explained again on its own, so that it carries only its own
@@ -270,14 +270,17 @@ def explain_views(
         else:
             per_input, logits = _explain_maps(loaded, x, methods, targets, first, ctx)
             extra = {}
-    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    notes = _notes(caught)
     # a batch draws no pictures for a request cancelled meanwhile (one alone has just
     # passed its check: it is drawn)
     skip = getattr(ctx, "skip", None) if len(prepared) > 1 else None
+    own_notes = [notes] * len(prepared)
     if notes and len(prepared) > 1:
-        # the batched call warned: a warning may concern only some of its inputs (constant
-        # maps, no targets), and a result is cached under its own key, so it must not carry
-        # its batch mates' warnings: each request is explained alone, with its own
+        own_notes = _notes_per_request(caught, per_input)  # type: ignore[assignment]
+    if own_notes is None:
+        # the batched call warned of more than constant maps: a warning may concern only
+        # some of its inputs (no targets), and a result is cached under its own key, so it
+        # must not carry its batch mates' warnings: each request is explained alone
         return [
             None  # type: ignore[misc]
             if skip is not None and skip(i)
@@ -299,12 +302,43 @@ def explain_views(
                 per_method,
                 logits[i : i + 1],
                 probs[i : i + 1],
-                notes,
+                own_notes[i],
                 extra,
                 keys[i],
             )
         )
     return out
+
+
+def _notes(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    return _notes_text([str(w.message) for w in caught])
+
+
+def _notes_per_request(
+    caught: Sequence[warnings.WarningMessage], per_input: Sequence[Mapping[str, Any]]
+) -> list[list[str]] | None:
+    """Each request's own warnings when the batched call warned only of constant maps (the
+    usual case): rebuilt from the request's rows with the engine's own message, as its
+    call alone would have said it. ``None`` for any other warning: it may concern some
+    inputs only, so each request is explained again on its own."""
+    from xaikit.explain.engine import DegenerateMapsWarning, degenerate_message
+
+    if not all(isinstance(w.message, DegenerateMapsWarning) for w in caught):
+        return None
+    layer = caught[0].message.layer  # type: ignore[union-attr]
+    out = []
+    for per_method in per_input:
+        counts = {
+            method: (sum(info["degenerate"]), len(info["degenerate"]))
+            for method, info in per_method.items()
+        }
+        constant = any(count for count, _total in counts.values())
+        out.append(_notes_text([degenerate_message(counts, layer)]) if constant else [])
+    return out
+
+
+def _notes_text(messages: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(" ".join(str(m).split()) for m in messages))
 
 
 def _render(
@@ -340,7 +374,7 @@ def _render(
                         probs[0, target_index] if probability is None else probability
                     ),
                     "degenerate": info["degenerate"][k],
-                    "src": views.pixels_uri(views.heatmap_pixels(heat, cmap)),
+                    "src": views.heatmap_uri(heat, cmap),
                     "range": [float(heat.min()), float(heat.max())],
                 }
             )
@@ -358,7 +392,7 @@ def _render(
         "model": loaded.id,
         "kind": loaded.kind,
         "input": {
-            "src": _input_uri(loaded, prepared),
+            "src": input_uri(loaded, prepared),
             "shape": list(x.shape[1:]),
             "hash": prepared.hash,
             "source": prepared.source,
@@ -375,13 +409,14 @@ def _render(
     return result
 
 
-def _input_uri(loaded: Any, prepared: Any) -> str:
-    """The input as the page draws it under the maps, drawn once per prepared input."""
-    uri = prepared.picture
+def input_uri(loaded: Any, prepared: Any) -> str:
+    """The input as the page draws it under the maps, drawn once per input (by its hash)."""
+    uri = prepared.picture or loaded.pictures.peek(prepared.hash)
     if uri is None:
         picture = views.input_pixels(prepared.x[0], loaded.kind, loaded.normalization)
         uri = views.pixels_uri(picture, level=0)  # deflate hardly shrinks an input image
-        prepared.picture = uri
+        loaded.pictures.put(prepared.hash, uri, len(uri))
+    prepared.picture = uri
     return uri
 
 
@@ -413,20 +448,17 @@ def _label_text(loaded: Any, label: Any) -> Any:
 
 class _LogitsTarget:
     """The request's keyword or top-k target as a callable on the logits
-    :func:`xaikit.explain` computes: it keeps them (the prediction panel needs no second
-    forward pass) and answers the target, top-k included (``(m, k)`` indices, one row per
-    input of the logits it is given). It reads only the logits it gets, so it holds for
+    :func:`xaikit.explain` computes: the target, top-k included (``(m, k)`` indices, one row
+    per input of the logits it is given). It reads only the logits it gets, so it holds for
     every chunk when the memory budget splits the call (each chunk calls it on its rows)."""
 
     def __init__(self, target: Any) -> None:
         self.target = target
-        self.logits: Any = None
 
     def __call__(self, logits: Any) -> Any:
-        self.logits = logits.detach()
         if isinstance(self.target, tuple):
             k = min(self.target[1], int(logits.shape[-1]))
-            return self.logits.topk(k, dim=1).indices
+            return logits.detach().topk(k, dim=1).indices
         return self.target  # the same keyword for every row (the batch key says so)
 
 
@@ -478,8 +510,9 @@ def _explain_maps(
         quiet=True,
     )
     ctx.check()
-    logits = target.logits if isinstance(target, _LogitsTarget) else None
-    if logits is None or logits.shape[0] != x.shape[0]:  # explained in chunks: forward once
+    # the prediction panel reads the logits of explain's own forward pass (no second one)
+    logits = next(iter(results.values())).logits
+    if logits is None:
         logits = _logits(loaded, x)
     logits = logits.float()
     n = int(x.shape[0])
