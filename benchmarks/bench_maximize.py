@@ -5,6 +5,9 @@ Ways to render the same ``--channels`` channels of one layer, at equal steps and
 - ``batched+stop``: xaikit's default, every channel a batch element of one optimization,
   the forward pass ending at the layer, parameters frozen, the gradient taken with respect
   to the image only;
+- ``batched+asis``: ``batched+stop`` with the network as it is (``fuse=False``: no
+  BatchNorm folding, channels-last weights or space-to-depth gradient of the stem, see
+  :mod:`xaikit.filters.render_form`);
 - ``batched+full``: xaikit batched, but the whole network runs every step;
 - ``single+stop`` / ``single+full``: xaikit, one optimization per channel;
 - ``lucent``: how a Lucent-style render loop works (``render_vis`` per channel): one
@@ -45,7 +48,15 @@ from xaikit.filters._relu import RedirectedReLU
 from xaikit.filters.param import FourierImage
 from xaikit.filters.transforms import apply_transforms, n_random, standard_transforms
 
-CASES = ("batched+stop", "batched+full", "single+stop", "single+full", "lucent", "lucent-batched")
+CASES = (
+    "batched+stop",
+    "batched+asis",
+    "batched+full",
+    "single+stop",
+    "single+full",
+    "lucent",
+    "lucent-batched",
+)
 
 
 def lucent_render(
@@ -115,8 +126,8 @@ def main() -> None:
     units = list(range(args.channels))
     common = dict(steps=args.steps, size=args.size, seed=0, quiet=True)
 
-    def batched(stop: bool) -> Callable[[], torch.Tensor]:
-        return lambda: maximize(model, args.layer, units, stop=stop, **common).images
+    def batched(stop: bool, fuse: bool = True) -> Callable[[], torch.Tensor]:
+        return lambda: maximize(model, args.layer, units, stop=stop, fuse=fuse, **common).images
 
     def single(stop: bool) -> Callable[[], torch.Tensor]:
         return lambda: torch.cat(
@@ -131,6 +142,7 @@ def main() -> None:
 
     every = {
         "batched+stop": batched(True),
+        "batched+asis": batched(True, fuse=False),
         "batched+full": batched(False),
         "single+stop": single(True),
         "single+full": single(False),

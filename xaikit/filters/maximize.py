@@ -197,6 +197,7 @@ def maximize(
     start: torch.Tensor | None = None,
     penalty: float = 1.0,
     decay_power: float = 1.5,
+    fuse: bool = True,
 ) -> Maximization:
     """Optimize one input per unit so that the unit's activation is as large as possible.
 
@@ -249,6 +250,10 @@ def maximize(
             the start (:mod:`xaikit.filters.accentuation`).
         penalty: accentuation's weight of the distance to the start (horama: 1).
         decay_power: accentuation's gradient scaling ``1 / f ** decay_power`` (horama: 1.5).
+        fuse: run the network in its fast form for the render
+            (:mod:`xaikit.filters.render_form`: eval BatchNorms folded into the
+            convolution before them, channels-last weights on the CPU), the same function
+            to float rounding and checked on a probe input; ``False`` runs it as it is.
 
     Raises:
         XaikitConfigError: an unknown layer, a channel out of range, or no known input size.
@@ -337,7 +342,16 @@ def maximize(
     order = list(range(len(units)))
     chunks = [order[i : i + batch_size] for i in range(0, len(units), batch_size)]
     parts = []
-    with borrowed(model), Capture(model, captured, keep_graph=True, stop=stop_early) as capture:
+    # what the network sees, for the fast form's check: random pixels, normalized
+    pixels = torch.rand(2, spec.channels, spec.size if spec.dims == 2 else 1, spec.size,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    probe = apply_normalization(pixels.to(device, dtype), run.stats)
+    probe = probe[:, :, 0] if spec.dims == 1 else probe
+    with (
+        borrowed(model),
+        Capture(model, captured, keep_graph=True, stop=stop_early) as capture,
+        _fast_form(model, capture, probe, captured.values(), fuse, device),
+    ):
         for index, rows in enumerate(chunks):
             label = f"maximize {layer_name or objective.name}"
             if len(chunks) > 1:
@@ -373,6 +387,31 @@ def maximize(
         start=None if start_images is None else seeds,
         distance=distance,
     )
+
+
+def _fast_form(
+    model: nn.Module,
+    capture: Capture,
+    probe: torch.Tensor,
+    captured: Any,
+    fuse: bool,
+    device: torch.device,
+) -> contextlib.AbstractContextManager[Any]:
+    """:func:`~xaikit.filters.render_form.render_form` for this render (its check reads the
+    captured layers and the output on ``probe``), or nothing when ``fuse`` is off."""
+    if not fuse:
+        return contextlib.nullcontext()
+    from xaikit.filters.render_form import render_form
+
+    def read() -> dict[str, torch.Tensor]:
+        output = capture.run(probe)
+        values = {f"layer:{name}": t for name, t in capture.activations.items()}
+        if isinstance(output, torch.Tensor):
+            values["output"] = output
+        return values
+
+    cpu = device.type == "cpu"  # the layout and the strided gradient are measured there
+    return render_form(model, read, keep=list(captured), channels_last=cpu, space_to_depth=cpu)
 
 
 def _start_images(start: torch.Tensor, count: int, channels: int, side: int) -> torch.Tensor:

@@ -1,0 +1,254 @@
+"""The fast form of a network for renders: the same function, the model given back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from xaikit.filters import maximize
+from xaikit.filters.param import COLOR_DECORRELATION, _decorrelate
+from xaikit.filters.render_form import _SpaceToDepth, find_pairs, render_form
+from xaikit.filters.transforms import _affine_grid
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_given_back(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), name
+        assert after[name].is_contiguous(), name  # the layout of the parameters is kept
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def _randomized_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
+            module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+    return model.eval().requires_grad_(False)
+
+
+def _resnet18_trunk() -> nn.Sequential:
+    torch.manual_seed(0)
+    m = _randomized_bn(torchvision.models.resnet18(weights=None))
+    return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3)
+
+
+def test_resnet18_in_its_fast_form_computes_the_same_and_is_given_back():
+    trunk = _resnet18_trunk()
+    before = _state(trunk)
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = trunk(x)
+    with render_form(trunk, lambda: {"out": trunk(x[:2])}) as counts:
+        with torch.no_grad():
+            got = trunk(x)
+        # every conv + BN pair of the trunk (stem, 2 x 2 x 3 blocks, 2 downsamples)
+        assert counts == {"folded": 15, "channels_last": 15, "space_to_depth": 1}
+        assert isinstance(trunk[1].__dict__.get("forward"), type(lambda: 0))
+    scale = float(expected.abs().max())
+    assert float((got - expected).abs().max()) <= 1e-5 * scale
+    assert got.shape == expected.shape
+    _assert_given_back(trunk, before)
+
+
+def test_the_model_is_given_back_when_the_render_raises():
+    trunk = _resnet18_trunk()
+    before = _state(trunk)
+    x = torch.rand(2, 3, 32, 32)
+    with (
+        pytest.raises(RuntimeError, match="stopped"),
+        render_form(trunk, lambda: {"out": trunk(x)}) as counts,
+    ):
+        assert counts["folded"] == 15
+        raise RuntimeError("stopped")
+    _assert_given_back(trunk, before)
+
+
+class _Smooth(nn.Module):
+    """A stem of stride 2 on 3 channels, BatchNorms and smooth activations (no ReLU or max
+    pooling, whose gradients jump where float rounding moves a value past a tie)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.down = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.bn0(self.stem(x)))
+        x = F.elu(self.bn1(self.conv(x)))
+        return F.avg_pool2d(self.down(x), 2)
+
+
+@pytest.mark.parametrize("options", [{}, {"channels_last": False}, {"fold": False}])
+def test_the_input_gradient_is_the_networks(options):
+    torch.manual_seed(0)
+    model = _randomized_bn(_Smooth())
+    x = torch.rand(4, 3, 40, 40, generator=torch.Generator().manual_seed(2))
+
+    def gradient() -> torch.Tensor:
+        leaf = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(leaf).pow(2).sum(), leaf)
+        return grad
+
+    expected = gradient()
+    with render_form(model, lambda: {"out": model(x[:2])}, **options) as counts:
+        got = gradient()
+    assert counts["folded"] == (0 if options.get("fold") is False else 2)
+    assert counts["space_to_depth"] == 1
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
+@pytest.mark.parametrize(
+    "channels,kernel,stride,padding,size",
+    [
+        (3, 7, 2, 3, (64, 64)),  # a ResNet stem
+        (3, 3, 2, 1, (33, 21)),  # odd sides
+        (1, 5, 3, 2, (31, 40)),
+        (3, 4, 4, 0, (32, 32)),  # a patchify stem (ConvNeXt, ViT)
+        (2, 3, 2, 0, (16, 16)),
+    ],
+)
+def test_the_space_to_depth_gradient_equals_the_convolutions(
+    channels, kernel, stride, padding, size
+):
+    torch.manual_seed(3)
+    conv = nn.Conv2d(channels, 6, kernel, stride=stride, padding=padding).requires_grad_(False)
+    x = torch.randn(2, channels, *size)
+    with torch.no_grad():
+        out = conv(x)
+    grad = torch.randn_like(out)
+    expected = torch.nn.grad.conv2d_input(
+        x.shape, conv.weight, grad, stride=stride, padding=padding
+    )
+    form = _SpaceToDepth.of(conv, conv.weight.detach())
+    assert form is not None
+    got = form.input_grad(grad, x.shape)
+    assert got is not None and got.shape == x.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_a_geometry_that_needs_a_crop_falls_back_to_the_layers_own_backward():
+    conv = nn.Conv2d(3, 4, 2, stride=2)  # a 5-pixel side: its last row is never read
+    x = torch.randn(2, 3, 5, 5)
+    form = _SpaceToDepth.of(conv, conv.weight.detach())
+    assert form is not None and form.input_grad(torch.ones(2, 4, 2, 2), x.shape) is None
+    leaf = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(conv(leaf).sum(), leaf)
+    with render_form(conv, lambda: {"out": conv(x)}, channels_last=False) as counts:
+        assert counts["space_to_depth"] == 1
+        leaf = x.clone().requires_grad_(True)
+        (got,) = torch.autograd.grad(conv(leaf).sum(), leaf)
+    torch.testing.assert_close(got, expected)
+
+
+def test_only_plain_strided_convolutions_on_few_channels_take_the_form():
+    assert _SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=1), torch.zeros(4, 3, 3, 3)) is None
+    assert _SpaceToDepth.of(nn.Conv2d(16, 4, 3, stride=2), torch.zeros(4, 16, 3, 3)) is None
+    assert _SpaceToDepth.of(nn.Conv2d(3, 6, 3, stride=2, groups=3), torch.zeros(6, 1, 3, 3)) is None
+    assert _SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=(2, 1)), torch.zeros(4, 3, 3, 3)) is None
+    assert (
+        _SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=2, dilation=2), torch.zeros(4, 3, 3, 3)) is None
+    )
+
+
+class _SharedOutput(nn.Module):
+    """The convolution's output feeds its BatchNorm and a second branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+def test_a_fold_that_would_change_the_function_is_refused_by_the_check():
+    model = _randomized_bn(_SharedOutput())
+    x = torch.randn(2, 3, 16, 16)
+    assert find_pairs(model, lambda: model(x)) == {model.conv: model.bn}  # found by the trace
+    with torch.no_grad():
+        expected = model(x)
+    with render_form(model, lambda: {"out": model(x)}, channels_last=False) as counts:
+        assert counts == {"folded": 0, "channels_last": 0, "space_to_depth": 0}
+        assert not any("forward" in m.__dict__ for m in model.modules())
+        with torch.no_grad():
+            assert torch.equal(model(x), expected)
+
+
+def test_what_is_read_training_norms_and_subclasses_are_not_folded():
+    class Standardized(nn.Conv2d):  # a weight-standardized convolution (timm's StdConv2d)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = (self.weight - self.weight.mean()) / (self.weight.std() + 1e-5)
+            return self._conv_forward(x, w, self.bias)
+
+    model = _randomized_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4),  # read by the render: kept as it is
+            nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),  # training mode: batch statistics
+            Standardized(4, 4, 3), nn.BatchNorm2d(4),  # its own forward
+            nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4),  # folded
+        )
+    )  # fmt: skip
+    model[3].train()
+    x = torch.randn(2, 3, 20, 20)
+    pairs = find_pairs(model, lambda: model(x), keep=[model[0]])
+    assert pairs == {model[6]: model[7]}
+
+
+def test_the_faster_transforms_equal_torchs():
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
+    for height, width in ((128, 128), (7, 13), (1, 32)):
+        expected = F.affine_grid(theta, [5, 3, height, width], align_corners=False)
+        got = _affine_grid(theta, height, width)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    image = torch.randn(4, 3, 9, 11)
+    assert torch.equal(
+        _decorrelate(image), torch.einsum("bchw,dc->bdhw", image, COLOR_DECORRELATION)
+    )
+
+
+def test_a_render_in_the_fast_form_follows_the_plain_one():
+    """On a smooth network float rounding is not amplified: the same images and scores."""
+    torch.manual_seed(0)
+    model = _randomized_bn(_Smooth())
+    before = _state(model)
+    common = dict(steps=8, size=40, seed=0, quiet=True)
+    fast = maximize(model, "bn1", [0, 5, 9], **common)
+    plain = maximize(model, "bn1", [0, 5, 9], fuse=False, **common)
+    torch.testing.assert_close(fast.images, plain.images, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast.score, plain.score, rtol=1e-5, atol=1e-6)
+    _assert_given_back(model, before)
+
+
+def test_a_resnet_render_in_the_fast_form_reaches_the_same_activations():
+    """ReLU and max pooling make the gradient jump where rounding moves a value past a tie
+    (as batching does), so images drift apart; the activations reached agree."""
+    torch.manual_seed(0)
+    model = _randomized_bn(torchvision.models.resnet18(weights=None))
+    before = _state(model)
+    common = dict(steps=24, size=64, seed=0, quiet=True)
+    fast = maximize(model, "layer2", list(range(8)), **common)
+    plain = maximize(model, "layer2", list(range(8)), fuse=False, **common)
+    ratio = fast.score / plain.score
+    assert float(ratio.median()) == pytest.approx(1.0, abs=0.01)
+    assert float((ratio - 1).abs().max()) < 0.03
+    assert bool((fast.gain > 0).all()) and not bool(fast.flat.any())  # the renders worked
+    _assert_given_back(model, before)

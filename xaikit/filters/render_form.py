@@ -1,0 +1,330 @@
+"""The network in the form a render runs fastest in, for one render, then given back.
+
+Activation maximization runs the network forward and backward hundreds of times with its
+parameters frozen. Two changes make every pass cheaper without changing what it computes
+beyond float rounding (about 1e-6 relative per pass):
+
+* **BatchNorm folding**: an eval-mode BatchNorm whose input is exactly one convolution's
+  output is folded into that convolution, ``w' = w * gamma / sqrt(var + eps)`` and
+  ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``
+  (:func:`xaikit.lrp.canonizers.merge_batchnorm`), and becomes the identity: one pass of
+  normalization forward and backward less per block (Ioffe & Szegedy's inference form).
+* **The input gradient of a strided first convolution** (few input channels, e.g. a
+  ResNet's 7x7 stride-2 stem): its backward pass to the image is PyTorch's slowest
+  convolution here (14.5 ms of a 92 ms step at 128 px); it is computed instead as the
+  stride-1 convolution of the layer's space-to-depth form (the input cut into s x s phases
+  as channels, the kernel likewise: the sub-pixel equivalence of Shi et al., CVPR 2016),
+  6.5 ms. The forward pass is the layer's own.
+* **Channels-last weights** (CPU): the convolutions read their weights in NHWC order, so
+  oneDNN runs its NHWC kernels and the activations after them (ReLU, max pooling, sums) stay
+  NHWC, where PyTorch's CPU kernels are vectorized across channels (max pooling of an
+  (8, 64, 64, 64) activation: 12 ms NCHW, 0.7 ms NHWC on one core).
+
+On torchvision's resnet18 at 128 px, batch 8, one core, a forward plus input-gradient pass
+to ``layer3`` takes 101 ms as it is and 77 ms in this form (``benchmarks/bench_maximize.py``
+measures whole renders).
+
+Both are applied by overriding ``forward`` on module instances, with new tensors (the
+parameters and buffers are never written), and only on modules whose class computes exactly
+``nn.Conv*d`` / ``nn.BatchNorm*d`` (a subclass with its own ``forward``, e.g. timm's
+weight-standardized convolutions, is left alone). Pairs are found by one traced forward pass
+on a probe input; the form is kept only if the layers the render reads give the same values
+on that probe (to 1e-4 of their scale), else the network runs as it is. Undone on exit,
+exception or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xaikit.lrp.canonizers import merge_batchnorm
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: the largest difference the form may make to a layer the render reads, relative to the
+#: layer's largest value (folding differs by ~1e-6; a wrong fold by far more)
+TOLERANCE = 1e-4
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    """A convolution that computes exactly what ``torch.nn``'s computes (a subclass with its
+    own ``forward`` is not), with a float weight and no ``forward`` of its own on the
+    instance (someone else's override is never stacked on)."""
+    base = next((k for k in _CONVS if isinstance(module, k)), None)
+    return (
+        base is not None
+        and type(module).forward is base.forward
+        and "forward" not in module.__dict__
+        and module.weight.is_floating_point()
+    )
+
+
+def _plain_norm(module: nn.Module) -> bool:
+    """A BatchNorm that computes exactly what ``torch.nn``'s computes (affine or not)."""
+    base = next((k for k in _BATCHNORMS if isinstance(module, k)), None)
+    return (
+        base is not None
+        and type(module).forward is base.forward
+        and "forward" not in module.__dict__
+    )
+
+
+def _foldable(bn: nn.Module, conv: nn.Module) -> bool:
+    return (
+        not bn.training
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and bn.num_features == conv.out_channels
+        and conv.weight.dim()
+        == {nn.BatchNorm1d: 3, nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}.get(type(bn), -1)
+    )
+
+
+def find_pairs(
+    model: nn.Module, run: Callable[[], Any], keep: Iterable[nn.Module] = ()
+) -> dict[nn.Module, nn.Module]:
+    """``{conv: batchnorm}`` for every BatchNorm whose input, in one forward pass ``run()``,
+    is exactly the output of a convolution, each called once, the convolution not among
+    ``keep`` (a layer whose own output is read must not change)."""
+    kept = set(keep)
+    convs = [m for m in model.modules() if _plain_conv(m)]
+    norms = [m for m in model.modules() if _plain_norm(m)]
+    produced: dict[int, tuple[Tensor, nn.Module]] = {}  # id -> (output, conv), held alive
+    fed: dict[nn.Module, nn.Module | None] = {}  # batchnorm -> the conv its input came from
+    calls: dict[nn.Module, int] = {}
+
+    def after_conv(module: nn.Module, _args: Any, output: Any) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        if isinstance(output, Tensor):
+            produced[id(output)] = (output, module)
+
+    def before_norm(module: nn.Module, args: Any) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        source = produced.get(id(args[0])) if args and isinstance(args[0], Tensor) else None
+        # decided now, while the input is alive (an id is only unique among live objects)
+        fed[module] = source[1] if source is not None and source[0] is args[0] else None
+
+    handles = [m.register_forward_hook(after_conv) for m in convs]
+    handles += [m.register_forward_pre_hook(before_norm) for m in norms]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    pairs: dict[nn.Module, nn.Module] = {}
+    for bn, conv in fed.items():
+        if (
+            conv is not None
+            and conv not in kept
+            and conv not in pairs
+            and calls.get(conv) == 1
+            and calls.get(bn) == 1
+            and _foldable(bn, conv)
+        ):
+            pairs[conv] = bn
+    return pairs
+
+
+def _conv_forward(
+    conv: nn.Module, weight: Tensor, bias: Tensor | None, strided: _SpaceToDepth | None
+) -> Callable[..., Tensor]:
+    def forward(x: Tensor) -> Tensor:
+        return conv._conv_forward(x, weight, bias)  # type: ignore[operator]
+
+    if strided is None:
+        return forward
+
+    def strided_forward(x: Tensor) -> Tensor:
+        if not x.requires_grad or x.dim() != 4:
+            return forward(x)
+        return _SpaceToDepthGrad.apply(x, forward, strided)
+
+    return strided_forward
+
+
+#: input channels up to which a strided convolution's input gradient goes through its
+#: space-to-depth form (an image's 1-4 channels; wider inputs are PyTorch's fast case)
+SPACE_TO_DEPTH_CHANNELS = 4
+
+
+class _SpaceToDepth:
+    """A stride-``s`` 2-D convolution as a stride-1 one on the input's ``s x s`` phases:
+    ``y = conv(pad(x), w, stride=s) = conv(unshuffle(pad'(x), s), w2)``, where ``pad'``
+    pads the far sides so every kernel tap has its phase, and ``w2[o, c*s*s + r*s + t, a,
+    b] = w[o, c, s*a + r, s*b + t]`` (the kernel zero-padded to a multiple of ``s``)."""
+
+    def __init__(self, weight2: Tensor, stride: int, padding: tuple[int, int]) -> None:
+        self.weight2 = weight2
+        self.stride = stride
+        self.padding = padding
+
+    @classmethod
+    def of(cls, conv: nn.Module, weight: Tensor) -> _SpaceToDepth | None:
+        """The form for ``conv`` with ``weight``, or ``None`` where it does not apply."""
+        if not isinstance(conv, nn.Conv2d) or weight.dim() != 4:
+            return None
+        stride, dilation, padding = conv.stride, conv.dilation, conv.padding
+        if (
+            conv.groups != 1
+            or conv.padding_mode != "zeros"
+            or isinstance(padding, str)
+            or tuple(dilation) != (1, 1)
+            or stride[0] != stride[1]
+            or stride[0] < 2
+            or conv.in_channels > SPACE_TO_DEPTH_CHANNELS
+        ):
+            return None
+        s = int(stride[0])
+        out, inp, kh, kw = weight.shape
+        ph, pw = -(-kh // s) * s, -(-kw // s) * s
+        padded = F.pad(weight, (0, pw - kw, 0, ph - kh))
+        weight2 = (
+            padded.reshape(out, inp, ph // s, s, pw // s, s)
+            .permute(0, 1, 3, 5, 2, 4)
+            .reshape(out, inp * s * s, ph // s, pw // s)
+        )
+        layout = torch.contiguous_format if weight.is_contiguous() else torch.channels_last
+        return cls(weight2.contiguous(memory_format=layout), s, (int(padding[0]), int(padding[1])))
+
+    def input_grad(self, grad: Tensor, shape: torch.Size) -> Tensor | None:
+        """``d loss / d x`` (``x`` of ``shape``) from ``grad`` at the output; ``None`` when
+        the geometry needs a crop of the input (then the layer's own backward is used)."""
+        s = self.stride
+        n, c, height, width = shape
+        ph, pw = self.padding
+        out_h, out_w = grad.shape[2], grad.shape[3]
+        need_h = s * (out_h - 1) + self.weight2.shape[2] * s
+        need_w = s * (out_w - 1) + self.weight2.shape[3] * s
+        if need_h - height - ph < 0 or need_w - width - pw < 0:
+            return None
+        phases = torch.nn.grad.conv2d_input(
+            (n, c * s * s, need_h // s, need_w // s), self.weight2.to(grad.dtype), grad
+        )
+        return F.pixel_shuffle(phases, s)[:, :, ph : ph + height, pw : pw + width]
+
+
+class _SpaceToDepthGrad(torch.autograd.Function):
+    """The layer's own forward; the input gradient by :class:`_SpaceToDepth` (weights are
+    constants here: the render differentiates with respect to the image only)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, forward: Callable[[Tensor], Tensor], form: _SpaceToDepth
+    ) -> Tensor:
+        ctx.form, ctx.shape = form, x.shape
+        ctx.forward_fn = forward
+        ctx.save_for_backward(x)
+        return forward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        grad_x = ctx.form.input_grad(grad, ctx.shape)
+        if grad_x is None:  # a geometry the form does not cover: the layer's own backward
+            (x,) = ctx.saved_tensors
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                (grad_x,) = torch.autograd.grad(ctx.forward_fn(x), x, grad)
+        return grad_x, None, None
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+@contextlib.contextmanager
+def _overridden(forwards: Mapping[nn.Module, Callable[..., Tensor]]) -> Iterator[None]:
+    try:
+        for module, forward in forwards.items():
+            module.forward = forward  # type: ignore[method-assign]
+        yield
+    finally:
+        for module in forwards:
+            module.__dict__.pop("forward", None)
+
+
+def _same(reference: Mapping[str, Tensor], now: Mapping[str, Tensor]) -> bool:
+    if reference.keys() != now.keys():
+        return False
+    for name, expected in reference.items():
+        got = now[name]
+        if got.shape != expected.shape:
+            return False
+        scale = float(expected.abs().max()) if expected.numel() else 0.0
+        if not bool(torch.isfinite(got).all()) or (
+            expected.numel() and float((got - expected).abs().max()) > TOLERANCE * max(scale, 1e-6)
+        ):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def render_form(
+    model: nn.Module,
+    run: Callable[[], Mapping[str, Tensor]],
+    *,
+    keep: Iterable[nn.Module] = (),
+    fold: bool = True,
+    channels_last: bool = True,
+    space_to_depth: bool = True,
+) -> Iterator[dict[str, int]]:
+    """``model`` in its fast form for the duration (see the module's docstring).
+
+    Args:
+        model: the network (its parameters are read, never written).
+        run: one forward pass on a probe input, returning the values the render reads
+            (``{name: tensor}``: captured layers, the output); called three times.
+        keep: modules whose own output is read (never folded into).
+        fold: fold BatchNorms into their convolutions.
+        channels_last: use 4-D convolution weights in channels-last order.
+        space_to_depth: the input gradient of strided convolutions on few channels by their
+            space-to-depth form.
+
+    Yields:
+        ``{"folded", "channels_last", "space_to_depth"}``: how many BatchNorms were folded,
+        convolutions read channels-last weights and take their input gradient by the
+        space-to-depth form (all 0 when the form was not kept).
+    """
+    keep = list(keep)
+    pairs = find_pairs(model, run, keep) if fold else {}
+    forwards: dict[nn.Module, Callable[..., Tensor]] = {}
+    counts = {"folded": len(pairs), "channels_last": 0, "space_to_depth": 0}
+    with torch.no_grad():
+        for conv in (m for m in model.modules() if _plain_conv(m)):
+            bn = pairs.get(conv)
+            if bn is not None:
+                weight, bias = merge_batchnorm(conv, bn)
+                weight, bias = weight.to(conv.weight.dtype), bias.to(conv.weight.dtype)
+            else:
+                weight = conv.weight.detach()
+                bias = None if conv.bias is None else conv.bias.detach()
+            layout = channels_last and weight.dim() == 4
+            if layout:
+                weight = weight.contiguous(memory_format=torch.channels_last)
+            strided = _SpaceToDepth.of(conv, weight) if space_to_depth else None
+            if bn is None and not layout and strided is None:
+                continue
+            forwards[conv] = _conv_forward(conv, weight, bias, strided)
+            if bn is not None:
+                forwards[bn] = _identity
+            counts["channels_last"] += int(layout)
+            counts["space_to_depth"] += int(strided is not None)
+    none = dict.fromkeys(counts, 0)
+    if not forwards:
+        yield none
+        return
+    with torch.no_grad():
+        reference = {name: t.detach().clone() for name, t in run().items()}
+    with _overridden(forwards):
+        with torch.no_grad():
+            kept = _same(reference, {name: t.detach() for name, t in run().items()})
+        if kept:
+            yield counts
+            return
+    yield none
