@@ -63,6 +63,28 @@ def test_resnet18_in_its_fast_form_computes_the_same_and_is_given_back():
     _assert_given_back(trunk, before)
 
 
+def test_only_what_runs_takes_the_form():
+    """A render stopped at layer2 never runs layer3, layer4 or the head: their
+    convolutions are not copied into a fast form."""
+    from xaikit.explain.hooks import Capture
+
+    torch.manual_seed(0)
+    model = _randomized_bn(torchvision.models.resnet18(weights=None))
+    x = torch.rand(2, 3, 64, 64)
+    with Capture(model, {"layer2": model.layer2}, stop=True) as capture:
+
+        def read():
+            capture.run(x)
+            return dict(capture.activations)
+
+        with render_form(model, read) as counts:
+            overridden = {m for m in model.modules() if "forward" in m.__dict__}
+    # stem + layer1's 4 + layer2's 4 and its downsample: 10 convolutions, 10 BatchNorms
+    assert counts == {"folded": 10, "channels_last": 10, "space_to_depth": 1}
+    assert len(overridden) == 20
+    assert not overridden & set(model.layer3.modules())
+
+
 def test_the_model_is_given_back_when_the_render_raises():
     trunk = _resnet18_trunk()
     before = _state(trunk)

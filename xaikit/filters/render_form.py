@@ -92,6 +92,14 @@ def find_pairs(
     """``{conv: batchnorm}`` for every BatchNorm whose input, in one forward pass ``run()``,
     is exactly the output of a convolution, each called once, the convolution not among
     ``keep`` (a layer whose own output is read must not change)."""
+    return _trace(model, run, keep)[0]
+
+
+def _trace(
+    model: nn.Module, run: Callable[[], Any], keep: Iterable[nn.Module]
+) -> tuple[dict[nn.Module, nn.Module], list[nn.Module]]:
+    """:func:`find_pairs`, and the plain convolutions that ran (in model order): the only
+    ones worth a fast form (a network stopped at a layer never runs the rest)."""
     kept = set(keep)
     convs = [m for m in model.modules() if _plain_conv(m)]
     norms = [m for m in model.modules() if _plain_norm(m)]
@@ -129,7 +137,7 @@ def find_pairs(
             and _foldable(bn, conv)
         ):
             pairs[conv] = bn
-    return pairs
+    return pairs, [conv for conv in convs if calls.get(conv)]
 
 
 def _conv_forward(
@@ -279,7 +287,8 @@ def render_form(
     Args:
         model: the network (its parameters are read, never written).
         run: one forward pass on a probe input, returning the values the render reads
-            (``{name: tensor}``: captured layers, the output); called three times.
+            (``{name: tensor}``: captured layers, the output); called three times (a
+            trace, the reference, the check).
         keep: modules whose own output is read (never folded into).
         fold: fold BatchNorms into their convolutions.
         channels_last: use 4-D convolution weights in channels-last order.
@@ -292,11 +301,13 @@ def render_form(
         space-to-depth form (all 0 when the form was not kept).
     """
     keep = list(keep)
-    pairs = find_pairs(model, run, keep) if fold else {}
+    pairs, ran = _trace(model, run, keep)
+    if not fold:
+        pairs = {}
     forwards: dict[nn.Module, Callable[..., Tensor]] = {}
     counts = {"folded": len(pairs), "channels_last": 0, "space_to_depth": 0}
     with torch.no_grad():
-        for conv in (m for m in model.modules() if _plain_conv(m)):
+        for conv in ran:
             bn = pairs.get(conv)
             if bn is not None:
                 weight, bias = merge_batchnorm(conv, bn)
