@@ -10,7 +10,12 @@ from torch import nn
 
 from xaikit.filters import maximize
 from xaikit.filters.param import COLOR_DECORRELATION, _decorrelate
-from xaikit.filters.render_form import _SpaceToDepth, find_pairs, render_form
+from xaikit.filters.render_form import (
+    _ChannelSparseGrad,
+    _SpaceToDepth,
+    find_pairs,
+    render_form,
+)
 from xaikit.filters.transforms import _affine_grid
 
 
@@ -55,7 +60,7 @@ def test_resnet18_in_its_fast_form_computes_the_same_and_is_given_back():
         with torch.no_grad():
             got = trunk(x)
         # every conv + BN pair of the trunk (stem, 2 x 2 x 3 blocks, 2 downsamples)
-        assert counts == {"folded": 15, "channels_last": 15, "space_to_depth": 1}
+        assert counts == {"folded": 15, "channels_last": 15, "space_to_depth": 1, "pooled": 1}
         assert isinstance(trunk[1].__dict__.get("forward"), type(lambda: 0))
     scale = float(expected.abs().max())
     assert float((got - expected).abs().max()) <= 1e-5 * scale
@@ -80,8 +85,8 @@ def test_only_what_runs_takes_the_form():
         with render_form(model, read) as counts:
             overridden = {m for m in model.modules() if "forward" in m.__dict__}
     # stem + layer1's 4 + layer2's 4 and its downsample: 10 convolutions, 10 BatchNorms
-    assert counts == {"folded": 10, "channels_last": 10, "space_to_depth": 1}
-    assert len(overridden) == 20
+    assert counts == {"folded": 10, "channels_last": 10, "space_to_depth": 1, "pooled": 1}
+    assert len(overridden) == 22  # and the stem's ReLU and max pooling
     assert not overridden & set(model.layer3.modules())
 
 
@@ -178,6 +183,83 @@ def test_a_geometry_that_needs_a_crop_falls_back_to_the_layers_own_backward():
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("read", ["one", "two", "all"])
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0)])
+def test_the_sparse_input_gradient_equals_the_dense_one(read, stride, padding):
+    """One (or two) channels per image get a gradient, as a channel objective gives them;
+    ``all``: a dense gradient takes the dense backward."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(8, 32, 3, stride=stride, padding=padding).requires_grad_(False)
+    x = torch.randn(4, 8, 11, 11)
+    units = torch.tensor([3, 0, 31, 3])
+
+    def objective(out: torch.Tensor) -> torch.Tensor:
+        if read == "all":
+            return out.pow(2).sum()
+        rows = torch.arange(4)
+        picked = out[rows, units].mean(dim=(1, 2))
+        if read == "two":
+            picked = picked + 0.5 * out[rows, (units + 7) % 32].sum(dim=(1, 2))
+        return picked.sum()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return conv._conv_forward(x, conv.weight, conv.bias)
+
+    leaf = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(objective(conv(leaf)), leaf)
+    leaf = x.clone().requires_grad_(True)
+    out = _ChannelSparseGrad.apply(leaf, forward, conv, conv.weight)
+    assert torch.equal(out, conv(x))
+    (got,) = torch.autograd.grad(objective(out), leaf)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_pooling_before_the_relu_gives_the_same_values_and_gradients():
+    """max(relu(x)) = relu(max(x)), and the gradient goes to the same place (to zero where a
+    window holds no positive value): bit for bit, the ReLU on a quarter of the values."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+        nn.Conv2d(6, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+    ).requires_grad_(False)  # fmt: skip
+    model[0].bias.fill_(-1.0)  # many windows with no positive value
+    x = torch.randn(3, 3, 24, 24)
+
+    def values_and_gradient() -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = x.clone().requires_grad_(True)
+        out = model(leaf)
+        (grad,) = torch.autograd.grad((out * torch.arange(out.shape[1])).sum(), leaf)
+        return out.detach(), grad
+
+    expected = values_and_gradient()
+    options = dict(fold=False, channels_last=False, space_to_depth=False)
+    with render_form(model, lambda: {"out": model(x[:2])}, **options) as counts:
+        assert counts["pooled"] == 2
+        got = values_and_gradient()
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    with torch.no_grad():  # windows with no positive value, where the max moves
+        assert float((F.max_pool2d(model[0](x), 3, 2, 1) <= 0).float().mean()) > 0.2
+
+
+def test_a_relu_whose_output_is_also_read_elsewhere_keeps_its_place():
+    class Both(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu, self.pool = nn.ReLU(), nn.MaxPool2d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.relu(x)
+            return self.pool(y).sum(dim=(2, 3)) + y.mean(dim=(2, 3))
+
+    model = Both()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    with render_form(model, lambda: {"out": model(x)}) as counts:
+        assert counts["pooled"] == 0  # refused by the check: y.mean would read x unrectified
+        assert torch.equal(model(x), expected)
+
+
 def test_only_plain_strided_convolutions_on_few_channels_take_the_form():
     assert _SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=1), torch.zeros(4, 3, 3, 3)) is None
     assert _SpaceToDepth.of(nn.Conv2d(16, 4, 3, stride=2), torch.zeros(4, 16, 3, 3)) is None
@@ -208,7 +290,7 @@ def test_a_fold_that_would_change_the_function_is_refused_by_the_check():
     with torch.no_grad():
         expected = model(x)
     with render_form(model, lambda: {"out": model(x)}, channels_last=False) as counts:
-        assert counts == {"folded": 0, "channels_last": 0, "space_to_depth": 0}
+        assert counts == {"folded": 0, "channels_last": 0, "space_to_depth": 0, "pooled": 0}
         assert not any("forward" in m.__dict__ for m in model.modules())
         with torch.no_grad():
             assert torch.equal(model(x), expected)

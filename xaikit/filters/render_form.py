@@ -1,42 +1,51 @@
 """The network in the form a render runs fastest in, for one render, then given back.
 
 Activation maximization runs the network forward and backward hundreds of times with its
-parameters frozen. Two changes make every pass cheaper without changing what it computes
-beyond float rounding (about 1e-6 relative per pass):
+parameters frozen, differentiating with respect to the image only. These changes make
+every pass cheaper without changing what it computes beyond float rounding (about 1e-6
+relative per pass):
 
 * **BatchNorm folding**: an eval-mode BatchNorm whose input is exactly one convolution's
   output is folded into that convolution, ``w' = w * gamma / sqrt(var + eps)`` and
   ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``
   (:func:`xaikit.lrp.canonizers.merge_batchnorm`), and becomes the identity: one pass of
   normalization forward and backward less per block (Ioffe & Szegedy's inference form).
-* **The input gradient of a strided first convolution** (few input channels, e.g. a
-  ResNet's 7x7 stride-2 stem): its backward pass to the image is PyTorch's slowest
-  convolution here (14.5 ms of a 92 ms step at 128 px); it is computed instead as the
-  stride-1 convolution of the layer's space-to-depth form (the input cut into s x s phases
-  as channels, the kernel likewise: the sub-pixel equivalence of Shi et al., CVPR 2016),
-  6.5 ms. The forward pass is the layer's own.
 * **Channels-last weights** (CPU): the convolutions read their weights in NHWC order, so
   oneDNN runs its NHWC kernels and the activations after them (ReLU, max pooling, sums) stay
   NHWC, where PyTorch's CPU kernels are vectorized across channels (max pooling of an
   (8, 64, 64, 64) activation: 12 ms NCHW, 0.7 ms NHWC on one core).
+* **The input gradient of a strided first convolution** (few input channels, e.g. a
+  ResNet's 7x7 stride-2 stem; CPU): its backward pass to the image is PyTorch's slowest
+  convolution here (14.5 ms of a 92 ms step at 128 px); it is computed instead as the
+  stride-1 convolution of the layer's space-to-depth form (the input cut into s x s phases
+  as channels, the kernel likewise: the sub-pixel equivalence of Shi et al., CVPR 2016),
+  6.5 ms. The forward pass is the layer's own.
+* **Max pooling before its ReLU**: ``maxpool(relu(x)) = relu(maxpool(x))`` (the maximum
+  commutes with a non-decreasing function) and the gradient reaches the same places, so a
+  ReLU whose output only a max pooling reads runs after it, on a quarter of the values.
+* **A sparse gradient at the last convolution**: a channel objective's gradient at the last
+  convolution before the layer it reads is one channel per image (ReLU, BatchNorm and
+  residual sums act per channel), so that layer's input gradient uses one output channel's
+  weights per image (a grouped transposed convolution) instead of all of them.
 
 On torchvision's resnet18 at 128 px, batch 8, one core, a forward plus input-gradient pass
-to ``layer3`` takes 101 ms as it is and 77 ms in this form (``benchmarks/bench_maximize.py``
-measures whole renders).
+to ``layer3`` takes 101 ms as it is and about 70 ms in this form
+(``benchmarks/bench_maximize.py`` measures whole renders).
 
-Both are applied by overriding ``forward`` on module instances, with new tensors (the
+All are applied by overriding ``forward`` on module instances, with new tensors (the
 parameters and buffers are never written), and only on modules whose class computes exactly
-``nn.Conv*d`` / ``nn.BatchNorm*d`` (a subclass with its own ``forward``, e.g. timm's
-weight-standardized convolutions, is left alone). Pairs are found by one traced forward pass
-on a probe input; the form is kept only if the layers the render reads give the same values
-on that probe (to 1e-4 of their scale), else the network runs as it is. Undone on exit,
-exception or not.
+``nn.Conv*d`` / ``nn.BatchNorm*d`` / ``nn.ReLU`` / ``nn.MaxPool2d`` (a subclass with its
+own ``forward``, e.g. timm's weight-standardized convolutions, is left alone). What pairs
+with what is found by one traced forward pass on a probe input; the form is kept only if the
+layers the render reads give the same values on that probe (to 1e-4 of their scale), else
+the network runs as it is. Undone on exit, exception or not.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -92,60 +101,111 @@ def find_pairs(
     """``{conv: batchnorm}`` for every BatchNorm whose input, in one forward pass ``run()``,
     is exactly the output of a convolution, each called once, the convolution not among
     ``keep`` (a layer whose own output is read must not change)."""
-    return _trace(model, run, keep)[0]
+    return _trace(model, run, keep).folds
 
 
-def _trace(
-    model: nn.Module, run: Callable[[], Any], keep: Iterable[nn.Module]
-) -> tuple[dict[nn.Module, nn.Module], list[nn.Module]]:
-    """:func:`find_pairs`, and the plain convolutions that ran (in model order): the only
-    ones worth a fast form (a network stopped at a layer never runs the rest)."""
+@dataclass
+class _Trace:
+    folds: dict[nn.Module, nn.Module]  # conv -> the BatchNorm folded into it
+    swaps: dict[nn.Module, nn.Module]  # ReLU -> the max pooling that takes its output
+    ran: list[nn.Module]  # the plain convolutions that ran, in model order
+    last: nn.Module | None  # the convolution that ran last (nearest what the render reads)
+
+
+def _plain_relu(module: nn.Module) -> bool:
+    return type(module) is nn.ReLU and "forward" not in module.__dict__
+
+
+def _plain_pool(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.MaxPool2d
+        and not module.return_indices
+        and "forward" not in module.__dict__
+    )
+
+
+def _trace(model: nn.Module, run: Callable[[], Any], keep: Iterable[nn.Module]) -> _Trace:
+    """One forward pass ``run()`` with every plain convolution and ReLU watched as a
+    producer and every plain BatchNorm and max pooling as a consumer: which consumer's input
+    is exactly which producer's output (each called once, the producer not among ``keep``),
+    and which convolutions ran (a network stopped at a layer never runs the rest)."""
     kept = set(keep)
     convs = [m for m in model.modules() if _plain_conv(m)]
-    norms = [m for m in model.modules() if _plain_norm(m)]
-    produced: dict[int, tuple[Tensor, nn.Module]] = {}  # id -> (output, conv), held alive
-    fed: dict[nn.Module, nn.Module | None] = {}  # batchnorm -> the conv its input came from
+    producers = convs + [m for m in model.modules() if _plain_relu(m)]
+    consumers = [m for m in model.modules() if _plain_norm(m) or _plain_pool(m)]
+    produced: dict[int, tuple[Tensor, nn.Module]] = {}  # id -> (output, producer), alive
+    fed: dict[nn.Module, nn.Module | None] = {}  # consumer -> the producer of its input
     calls: dict[nn.Module, int] = {}
 
-    def after_conv(module: nn.Module, _args: Any, output: Any) -> None:
-        calls[module] = calls.get(module, 0) + 1
-        if isinstance(output, Tensor):
-            produced[id(output)] = (output, module)
+    order: list[nn.Module] = []
 
-    def before_norm(module: nn.Module, args: Any) -> None:
+    def after(module: nn.Module, _args: Any, output: Any) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        order.append(module)
+        if isinstance(output, Tensor):
+            produced[id(output)] = (output, module)  # an in-place ReLU takes over the id
+
+    def before(module: nn.Module, args: Any) -> None:
         calls[module] = calls.get(module, 0) + 1
         source = produced.get(id(args[0])) if args and isinstance(args[0], Tensor) else None
         # decided now, while the input is alive (an id is only unique among live objects)
         fed[module] = source[1] if source is not None and source[0] is args[0] else None
 
-    handles = [m.register_forward_hook(after_conv) for m in convs]
-    handles += [m.register_forward_pre_hook(before_norm) for m in norms]
+    handles = [m.register_forward_hook(after) for m in producers]
+    handles += [m.register_forward_pre_hook(before) for m in consumers]
     try:
         with torch.no_grad():
             run()
     finally:
         for handle in handles:
             handle.remove()
-    pairs: dict[nn.Module, nn.Module] = {}
-    for bn, conv in fed.items():
+    last = next((m for m in reversed(order) if isinstance(m, _CONVS)), None)
+    trace = _Trace({}, {}, [conv for conv in convs if calls.get(conv)], last)
+    for consumer, producer in fed.items():
         if (
-            conv is not None
-            and conv not in kept
-            and conv not in pairs
-            and calls.get(conv) == 1
-            and calls.get(bn) == 1
-            and _foldable(bn, conv)
+            producer is None
+            or producer in kept
+            or calls.get(producer) != 1
+            or calls.get(consumer) != 1
         ):
-            pairs[conv] = bn
-    return pairs, [conv for conv in convs if calls.get(conv)]
+            continue
+        if _plain_norm(consumer) and isinstance(producer, _CONVS):
+            if producer not in trace.folds and _foldable(consumer, producer):
+                trace.folds[producer] = consumer
+        elif _plain_pool(consumer) and _plain_relu(producer):
+            trace.swaps[producer] = consumer
+    return trace
+
+
+def _relu_after(pool: nn.Module) -> Callable[[Tensor], Tensor]:
+    """Max pooling then ReLU: equal to ReLU then max pooling (the maximum commutes with a
+    non-decreasing function), with the ReLU and its backward on the pooled, smaller
+    tensor; every gradient the same, since the maximum is found at the same place."""
+
+    def forward(x: Tensor) -> Tensor:
+        return torch.relu(nn.MaxPool2d.forward(pool, x))  # type: ignore[arg-type]
+
+    return forward
 
 
 def _conv_forward(
-    conv: nn.Module, weight: Tensor, bias: Tensor | None, strided: _SpaceToDepth | None
+    conv: nn.Module,
+    weight: Tensor,
+    bias: Tensor | None,
+    strided: _SpaceToDepth | None,
+    sparse: bool = False,
 ) -> Callable[..., Tensor]:
     def forward(x: Tensor) -> Tensor:
         return conv._conv_forward(x, weight, bias)  # type: ignore[operator]
 
+    if sparse and strided is None:
+
+        def sparse_forward(x: Tensor) -> Tensor:
+            if not x.requires_grad or x.dim() != 4:
+                return forward(x)
+            return _ChannelSparseGrad.apply(x, forward, conv, weight)
+
+        return sparse_forward
     if strided is None:
         return forward
 
@@ -242,6 +302,47 @@ class _SpaceToDepthGrad(torch.autograd.Function):
         return grad_x, None, None
 
 
+class _ChannelSparseGrad(torch.autograd.Function):
+    """The layer's own forward; its input gradient from only the output channels that get
+    a gradient. A channel objective's gradient at the last convolution before the layer it
+    reads is one channel per image (through ReLU, BatchNorm and residual sums, which act per
+    channel), so its backward needs one output channel's weights per image: a grouped
+    transposed convolution, 1/C of the dense one. Dense gradients take the dense backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, forward: Callable[[Tensor], Tensor], conv: nn.Module, weight: Tensor
+    ) -> Tensor:
+        ctx.conv, ctx.weight, ctx.shape = conv, weight, x.shape
+        return forward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        conv, weight, shape = ctx.conv, ctx.weight.to(grad.dtype), ctx.shape
+        geometry = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+        batch, channels, height, width = grad.shape
+        live = grad.flatten(2).ne(0).any(dim=2)  # (B, C): the channels with a gradient
+        most = int(live.sum(dim=1).max())
+        if conv.groups != 1 or isinstance(conv.padding, str) or most * 4 > channels:
+            return (
+                torch.nn.grad.conv2d_input(shape, weight, grad, groups=conv.groups, **geometry),
+                None,
+                None,
+                None,
+            )
+        most = max(most, 1)
+        index = live.to(grad.dtype).topk(most, dim=1).indices  # (B, m), live ones first
+        picked = grad.gather(1, index[:, :, None, None].expand(batch, most, height, width))
+        grad_x = torch.nn.grad.conv2d_input(
+            (1, batch * shape[1], *shape[2:]),
+            weight[index.flatten()],  # (B * m, C_in, k, k): each image's channels' weights
+            picked.reshape(1, batch * most, height, width),
+            groups=batch,
+            **geometry,
+        )
+        return grad_x.reshape(shape), None, None, None
+
+
 def _identity(x: Tensor) -> Tensor:
     return x
 
@@ -281,6 +382,8 @@ def render_form(
     fold: bool = True,
     channels_last: bool = True,
     space_to_depth: bool = True,
+    pool_first: bool = True,
+    sparse_grad: bool = True,
 ) -> Iterator[dict[str, int]]:
     """``model`` in its fast form for the duration (see the module's docstring).
 
@@ -294,20 +397,27 @@ def render_form(
         channels_last: use 4-D convolution weights in channels-last order.
         space_to_depth: the input gradient of strided convolutions on few channels by their
             space-to-depth form.
+        pool_first: a ReLU whose output only a max pooling takes is applied after it.
+        sparse_grad: the last convolution's input gradient from the output channels that
+            get one (a channel objective's).
 
     Yields:
-        ``{"folded", "channels_last", "space_to_depth"}``: how many BatchNorms were folded,
-        convolutions read channels-last weights and take their input gradient by the
-        space-to-depth form (all 0 when the form was not kept).
+        ``{"folded", "channels_last", "space_to_depth", "pooled"}``: how many BatchNorms
+        were folded, convolutions read channels-last weights or take their input gradient by
+        the space-to-depth form, ReLUs moved after their max pooling (all 0 when the form
+        was not kept).
     """
     keep = list(keep)
-    pairs, ran = _trace(model, run, keep)
-    if not fold:
-        pairs = {}
+    trace = _trace(model, run, keep)
+    pairs = trace.folds if fold else {}
     forwards: dict[nn.Module, Callable[..., Tensor]] = {}
-    counts = {"folded": len(pairs), "channels_last": 0, "space_to_depth": 0}
+    counts = {"folded": len(pairs), "channels_last": 0, "space_to_depth": 0, "pooled": 0}
+    if pool_first:
+        for relu, pool in trace.swaps.items():
+            forwards[relu], forwards[pool] = _identity, _relu_after(pool)
+        counts["pooled"] = len(trace.swaps)
     with torch.no_grad():
-        for conv in ran:
+        for conv in trace.ran:
             bn = pairs.get(conv)
             if bn is not None:
                 weight, bias = merge_batchnorm(conv, bn)
@@ -319,9 +429,10 @@ def render_form(
             if layout:
                 weight = weight.contiguous(memory_format=torch.channels_last)
             strided = _SpaceToDepth.of(conv, weight) if space_to_depth else None
-            if bn is None and not layout and strided is None:
+            sparse = sparse_grad and conv is trace.last and isinstance(conv, nn.Conv2d)
+            if bn is None and not layout and strided is None and not sparse:
                 continue
-            forwards[conv] = _conv_forward(conv, weight, bias, strided)
+            forwards[conv] = _conv_forward(conv, weight, bias, strided, sparse)
             if bn is not None:
                 forwards[bn] = _identity
             counts["channels_last"] += int(layout)
