@@ -356,3 +356,21 @@ def test_a_resnet_render_in_the_fast_form_reaches_the_same_activations():
     assert float((ratio - 1).abs().max()) < 0.03
     assert bool((fast.gain > 0).all()) and not bool(fast.flat.any())  # the renders worked
     _assert_given_back(model, before)
+
+
+def test_a_reflect_padded_last_convolution_keeps_its_own_backward():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(),
+        nn.Conv2d(8, 16, 3, padding=1, padding_mode="reflect"),
+    ).requires_grad_(False)  # fmt: skip
+    x = torch.randn(2, 3, 12, 12)
+
+    def gradient() -> torch.Tensor:
+        leaf = x.clone().requires_grad_(True)
+        return torch.autograd.grad(model(leaf)[:, 3].sum(), leaf)[0]
+
+    expected = gradient()
+    with render_form(model, lambda: {"out": model(x)}):
+        got = gradient()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))

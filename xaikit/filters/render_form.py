@@ -429,7 +429,12 @@ def render_form(
             if layout:
                 weight = weight.contiguous(memory_format=torch.channels_last)
             strided = _SpaceToDepth.of(conv, weight) if space_to_depth else None
-            sparse = sparse_grad and conv is trace.last and isinstance(conv, nn.Conv2d)
+            sparse = (
+                sparse_grad
+                and conv is trace.last
+                and isinstance(conv, nn.Conv2d)
+                and conv.padding_mode == "zeros"  # its backward pads as the convolution does
+            )
             if bn is None and not layout and strided is None and not sparse:
                 continue
             forwards[conv] = _conv_forward(conv, weight, bias, strided, sparse)
