@@ -247,8 +247,9 @@ def explain_views(
     :func:`batch_key`; the colormap may differ). One forward pass: the logits of the
     prediction panel are the ones ``explain`` computed (:attr:`Explanation.logits`).
     ``ctx.skip(i)``, when the context has it, says request ``i`` was cancelled meanwhile:
-    its pictures are not drawn (``None`` in its place). When the batched call raised a
-    warning, each request is explained again on its own, so that it carries only its own
+    its pictures are not drawn (``None`` in its place). A constant-map warning of the
+    batched call is rebuilt per request from its own rows; after any other warning each
+    request is explained again on its own, so that it carries only its own
     warnings (a result is cached under its own key and must not depend on its batch mates)."""
     import torch
 
