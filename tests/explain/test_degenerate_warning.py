@@ -43,3 +43,30 @@ def test_the_warning_carries_its_counts_and_layer():
     assert str(warning) == degenerate_message(warning.counts, "1")
     assert str(warning).startswith("constant heatmaps (gradcam: 2 of 3) were returned as zeros")
     assert "at layer '1'" in str(warning)
+
+
+def test_a_call_in_chunks_names_the_same_layer_as_one_call():
+    """The memory budget splits a call; its warning must read as the unsplit call's (a
+    cached explorer view's text must not depend on how its batch was cut)."""
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    texts = []
+    for budget in (None, 1):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            xaikit.explain(
+                _model(), x, method=["saliency", "gradcam"], target=[0, 1, 1, 0], layer="1",
+                memory_budget=budget, quiet=True,
+            )  # fmt: skip
+        (warning,) = [w.message for w in caught if isinstance(w.message, DegenerateMapsWarning)]
+        texts.append(str(warning))
+        assert warning.layer == "1"
+    assert texts[0] == texts[1]
+
+
+def test_the_warning_survives_pickling_and_copying():
+    import copy
+    import pickle
+
+    warning = DegenerateMapsWarning({"gradcam": (1, 2)}, "layer4")
+    for clone in (pickle.loads(pickle.dumps(warning)), copy.copy(warning)):
+        assert (clone.counts, clone.layer, str(clone)) == (warning.counts, "layer4", str(warning))

@@ -374,3 +374,57 @@ def test_a_reflect_padded_last_convolution_keeps_its_own_backward():
     with render_form(model, lambda: {"out": model(x)}):
         got = gradient()
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_a_same_padded_last_convolution_renders_in_the_fast_form():
+    """``padding="same"`` has no transposed form: the sparse gradient is not used there (it
+    raised in the backward pass, which the forward-only probe check never runs)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 8, 3, padding="same"), nn.Tanh(),
+    ).eval()  # fmt: skip
+    common = dict(steps=3, size=16, seed=0, quiet=True)
+    fast = maximize(model, "3", [0, 4], **common)
+    plain = maximize(model, "3", [0, 4], fuse=False, **common)
+    torch.testing.assert_close(fast.images, plain.images, rtol=0, atol=1e-5)
+
+
+def test_the_redirected_relu_keeps_its_place_before_the_pooling():
+    """In a render's first steps a dead channel's gradient is let through the ReLU where it
+    pushes towards firing; which input gets it depends on the ReLU coming first, so under
+    that mode the swap is undone (it moved the gradient by 0.56 of 0.30)."""
+    from xaikit.filters._relu import RedirectedReLU
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    model.requires_grad_(False)
+    model[0].bias[0] = -50.0  # channel 0 is dead everywhere
+    x = torch.randn(1, 3, 8, 8)
+
+    def gradient() -> torch.Tensor:
+        leaf = x.clone().requires_grad_(True)
+        with RedirectedReLU():
+            out = model(leaf)
+        return torch.autograd.grad(-out[:, 0].sum(), leaf)[0]
+
+    expected = gradient()
+    assert float(expected.abs().max()) > 0  # the redirect reached the dead channel
+    options = dict(channels_last=False, space_to_depth=False, sparse_grad=False)
+    probe = torch.randn(2, 3, 8, 8)
+    with render_form(model, lambda: {"out": model(probe)}, **options) as c:
+        assert c["pooled"] == 1
+        got = gradient()
+    assert torch.equal(got, expected)
+
+
+def test_a_convolution_the_render_reads_is_traced_though_the_pass_stops_at_it():
+    from xaikit.explain.hooks import Capture
+    from xaikit.filters.render_form import _trace
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3),
+    ).eval()  # fmt: skip
+    with Capture(model, {"2": model[2]}, stop=True) as capture:
+        trace = _trace(model, lambda: capture.run(torch.randn(2, 3, 16, 16)), [model[2]])
+    assert trace.ran == [model[0], model[2]] and trace.last is model[2]

@@ -462,8 +462,20 @@ def _run_chunked(
     if first.targets.shape[1] == 0:
         _warn_no_targets()
     if any(bool(r.degenerate.any()) for r in results.values()):
-        _warn_degenerate(results, first.layer)
+        _warn_degenerate(results, _cam_layer(results))
     return results
+
+
+def _cam_layer(results: Mapping[str, Explanation]) -> str | None:
+    """The CAM layer a call's warnings name, as one unchunked call names it."""
+    return next(
+        (
+            r.layer
+            for name, r in results.items()
+            if (is_cam(name) and cam_uses_layer(name)) or name == "guided-gradcam"
+        ),
+        None,
+    )
 
 
 def _warn_no_targets() -> None:
@@ -678,10 +690,13 @@ class DegenerateMapsWarning(ExplainWarning):
     several requests into one call (the explorer) rebuilds each request's own warning from
     its rows' ``degenerate`` flags with :func:`degenerate_message`."""
 
-    def __init__(self, counts: Mapping[str, tuple[int, int]], layer: str | None) -> None:
+    def __init__(self, counts: Mapping[str, tuple[int, int]], layer: str | None = None) -> None:
         self.counts = dict(counts)
         self.layer = layer
         super().__init__(degenerate_message(self.counts, layer))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled and copied by its fields, not its text
+        return (type(self), (self.counts, self.layer))
 
 
 def degenerate_message(counts: Mapping[str, tuple[int, int]], layer: str | None) -> str:

@@ -139,9 +139,13 @@ def _trace(model: nn.Module, run: Callable[[], Any], keep: Iterable[nn.Module]) 
 
     order: list[nn.Module] = []
 
-    def after(module: nn.Module, _args: Any, output: Any) -> None:
+    def started(module: nn.Module, _args: Any) -> None:
+        # counted before the module runs: a captured layer that ends the pass (the capture's
+        # hook raises to stop it) never reaches the hooks after it
         calls[module] = calls.get(module, 0) + 1
         order.append(module)
+
+    def after(module: nn.Module, _args: Any, output: Any) -> None:
         if isinstance(output, Tensor):
             produced[id(output)] = (output, module)  # an in-place ReLU takes over the id
 
@@ -151,7 +155,8 @@ def _trace(model: nn.Module, run: Callable[[], Any], keep: Iterable[nn.Module]) 
         # decided now, while the input is alive (an id is only unique among live objects)
         fed[module] = source[1] if source is not None and source[0] is args[0] else None
 
-    handles = [m.register_forward_hook(after) for m in producers]
+    handles = [m.register_forward_pre_hook(started) for m in producers]
+    handles += [m.register_forward_hook(after) for m in producers]
     handles += [m.register_forward_pre_hook(before) for m in consumers]
     try:
         with torch.no_grad():
@@ -177,12 +182,22 @@ def _trace(model: nn.Module, run: Callable[[], Any], keep: Iterable[nn.Module]) 
     return trace
 
 
+def _function_mode_active() -> bool:
+    """Whether a ``TorchFunctionMode`` is on (unknown on a torch without the query: yes)."""
+    depth = getattr(torch._C, "_len_torch_function_stack", None)
+    return True if depth is None else bool(depth())
+
+
 def _relu_after(pool: nn.Module) -> Callable[[Tensor], Tensor]:
     """Max pooling then ReLU: equal to ReLU then max pooling (the maximum commutes with a
     non-decreasing function), with the ReLU and its backward on the pooled, smaller
     tensor; every gradient the same, since the maximum is found at the same place."""
 
     def forward(x: Tensor) -> Tensor:
+        if _function_mode_active():
+            # a function mode is on (the redirected ReLU of a render's first steps): its
+            # gradient depends on where the ReLU sits, so the original order is kept
+            return nn.MaxPool2d.forward(pool, torch.relu(x))  # type: ignore[arg-type]
         return torch.relu(nn.MaxPool2d.forward(pool, x))  # type: ignore[arg-type]
 
     return forward
@@ -323,13 +338,9 @@ class _ChannelSparseGrad(torch.autograd.Function):
         batch, channels, height, width = grad.shape
         live = grad.flatten(2).ne(0).any(dim=2)  # (B, C): the channels with a gradient
         most = int(live.sum(dim=1).max())
-        if conv.groups != 1 or isinstance(conv.padding, str) or most * 4 > channels:
-            return (
-                torch.nn.grad.conv2d_input(shape, weight, grad, groups=conv.groups, **geometry),
-                None,
-                None,
-                None,
-            )
+        if conv.groups != 1 or most * 4 > channels:  # dense: the layer's own backward
+            dense = torch.nn.grad.conv2d_input(shape, weight, grad, groups=conv.groups, **geometry)
+            return dense, None, None, None
         most = max(most, 1)
         index = live.to(grad.dtype).topk(most, dim=1).indices  # (B, m), live ones first
         picked = grad.gather(1, index[:, :, None, None].expand(batch, most, height, width))
@@ -434,6 +445,7 @@ def render_form(
                 and conv is trace.last
                 and isinstance(conv, nn.Conv2d)
                 and conv.padding_mode == "zeros"  # its backward pads as the convolution does
+                and not isinstance(conv.padding, str)  # "same" / "valid": no backward form
             )
             if bn is None and not layout and strided is None and not sparse:
                 continue

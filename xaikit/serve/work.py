@@ -412,7 +412,7 @@ def _render(
 
 def input_uri(loaded: Any, prepared: Any) -> str:
     """The input as the page draws it under the maps, drawn once per input (by its hash)."""
-    uri = prepared.picture or loaded.pictures.peek(prepared.hash)
+    uri = prepared.picture or loaded.pictures.get(prepared.hash)
     if uri is None:
         picture = views.input_pixels(prepared.x[0], loaded.kind, loaded.normalization)
         uri = views.pixels_uri(picture, level=0)  # deflate hardly shrinks an input image
