@@ -210,3 +210,28 @@ def test_redirected_relu_only_helps_elements_without_any_ordinary_gradient():
     # row 0 has an ordinary gradient (x > 0 at index 1): plain ReLU backward. Row 1 is all
     # negative: the gradient passes where ascent raises the score (d(score)/d(out) > 0).
     assert (-grad).tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.5]]
+
+
+@pytest.mark.parametrize(
+    "relu",
+    [
+        lambda t: t.relu_(),
+        lambda t: torch.relu_(t),
+        lambda t: torch.nn.functional.relu(t, inplace=True),
+        lambda t: torch.nn.functional.relu_(t),
+        lambda t: torch.nn.ReLU(inplace=True)(t),
+    ],
+)
+def test_the_redirected_relu_keeps_an_in_place_relu_in_place(relu):
+    """An in-place ReLU rectifies its tensor under the redirect too (code that keeps using
+    the tensor sees the ReLU), with the same redirected gradient as the out-of-place one."""
+    from xaikit.filters._relu import RedirectedReLU
+
+    x = torch.tensor([[-1.0, 2.0, -3.0], [-1.0, -2.0, -3.0]], requires_grad=True)
+    weights = torch.tensor([[1.0, 1.0, -1.0], [1.0, -1.0, 0.5]])
+    with RedirectedReLU():
+        hidden = x * 1.0  # a computed tensor (a leaf cannot change in place)
+        relu(hidden)  # the return value is ignored on purpose
+    torch.testing.assert_close(hidden, x.detach().clamp(min=0))
+    (grad,) = torch.autograd.grad(-(hidden * weights).sum(), x)
+    assert (-grad).tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.5]]

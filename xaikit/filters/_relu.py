@@ -30,14 +30,47 @@ class _RedirectedReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # ReLU's own backward
-        alive = relu_grad.reshape(relu_grad.shape[0], -1).any(dim=1)
-        if bool(alive.all()):  # the common case: every element has an ordinary gradient
-            return relu_grad
-        dead = ~alive.reshape(-1, *([1] * (x.dim() - 1)))
-        # grad is d(loss)/d(output) for a loss being minimized: at a negative input a negative
-        # grad pushes the input up, towards firing; that part is let through.
-        return torch.where(dead & (x <= 0) & (grad < 0), grad, relu_grad)
+        return _redirected(grad, x)
+
+
+class _RedirectedReLUInplace(torch.autograd.Function):
+    """:class:`_RedirectedReLUFunction` for an in-place ReLU: the tensor is rectified in
+    place, as the model asked (code that keeps using its tensor after ``x.relu_()`` sees the
+    ReLU), and no new activation is allocated. The backward reads the output, which is
+    ``<= 0`` exactly where the input was."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x.clamp_(min=0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return _redirected(grad, out)
+
+
+def _redirected(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The redirected gradient at a ReLU whose input (or output) is ``x``."""
+    relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # ReLU's own backward
+    alive = relu_grad.reshape(relu_grad.shape[0], -1).any(dim=1)
+    if bool(alive.all()):  # the common case: every element has an ordinary gradient
+        return relu_grad
+    dead = ~alive.reshape(-1, *([1] * (x.dim() - 1)))
+    # grad is d(loss)/d(output) for a loss being minimized: at a negative input a negative
+    # grad pushes the input up, towards firing; that part is let through.
+    return torch.where(dead & (x <= 0) & (grad < 0), grad, relu_grad)
+
+
+_INPLACE = {torch.relu_, F.relu_, torch.Tensor.relu_}
+
+
+def _in_place(func, args, kwargs) -> bool:
+    if func in _INPLACE:
+        return True
+    return func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
 
 
 class RedirectedReLU(TorchFunctionMode):
@@ -49,5 +82,7 @@ class RedirectedReLU(TorchFunctionMode):
         if func in _RELUS:
             x = args[0] if args else kwargs["input"]
             if isinstance(x, torch.Tensor) and x.requires_grad and x.dim() > 1:
+                if _in_place(func, args, kwargs) and not x.is_leaf:
+                    return _RedirectedReLUInplace.apply(x)
                 return _RedirectedReLUFunction.apply(x)
         return func(*args, **kwargs)
