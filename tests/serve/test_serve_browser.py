@@ -33,16 +33,22 @@ def _browser() -> str | None:
     return None
 
 
+#: headless Chromium without a GPU, a sandbox or any network of its own
+HEADLESS = (
+    "--headless=new",
+    "--disable-gpu",
+    "--no-sandbox",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
 def _dump(browser: str, url: str, profile) -> str:
     command = [
         browser,
-        "--headless=new",
-        "--disable-gpu",
-        "--no-sandbox",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS,
         f"--user-data-dir={profile}",
         "--virtual-time-budget=15000",
         "--dump-dom",
@@ -101,13 +107,7 @@ class _DevTools:
         self._from_browser, from_browser_w = os.pipe()
         command = [
             browser,
-            "--headless=new",
-            "--disable-gpu",
-            "--no-sandbox",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *HEADLESS,
             f"--user-data-dir={profile}",
             "--remote-debugging-pipe",
             "about:blank",

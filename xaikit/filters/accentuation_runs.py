@@ -25,7 +25,14 @@ from tqdm.auto import tqdm
 
 from xaikit.errors import XaikitConfigError
 from xaikit.filters._common import is_quiet
-from xaikit.filters.maximize import Maximization, _done, _header_readable, from_summary, maximize
+from xaikit.filters.maximize import (
+    Maximization,
+    _done,
+    _header_readable,
+    from_summary,
+    journal_records,
+    maximize,
+)
 
 #: The journal of an accentuation run, in its output folder.
 JOURNAL = "accentuate.journal.jsonl"
@@ -44,22 +51,8 @@ def read_journal(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]
     path = out / JOURNAL
     if not path.is_file() or not _header_readable(path):
         return None
-    header = json.loads(json.dumps(header))  # tuples -> lists, as read back
     records: dict[int, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            continue  # a torn last line
-        if not isinstance(record, dict):
-            continue
-        if number == 0:
-            if record.get("header") != header:
-                raise XaikitConfigError(
-                    f"{path} was written with other settings ({record.get('header')}); "
-                    "use another --out, or delete it to start over"
-                )
-            continue
+    for record in journal_records(path, header):
         row, unit = record.get("row"), record.get("unit")
         well_formed = isinstance(row, int) and isinstance(unit, int)
         if well_formed and isinstance(record.get("summary"), dict) and _done(out, record):

@@ -26,7 +26,7 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -619,20 +619,17 @@ def _header_readable(path: Path) -> bool:
     return isinstance(head, dict) and "header" in head
 
 
-def read_journal(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """The verified records of ``out``'s journal, by channel. A journal written with other
-    settings (``header``) is an error; a record that fails :func:`_done` is not done."""
-    path = out / JOURNAL
-    if not path.is_file():
-        return {}
+def journal_records(path: Path, header: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The records of a render journal after its settings line (torn or non-object lines
+    skipped); a journal written with other settings (``header``) is an error."""
     header = json.loads(json.dumps(header))  # tuples -> lists, as read back
-    records: dict[int, dict[str, Any]] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue  # a torn last line
+        if not isinstance(record, dict):
+            continue
         if number == 0:
             if record.get("header") != header:
                 raise XaikitConfigError(
@@ -640,9 +637,20 @@ def read_journal(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]
                     "use another --out, or delete it to start over"
                 )
             continue
-        if isinstance(record.get("unit"), int) and _done(out, record):
-            records[record["unit"]] = record
-    return records
+        yield record
+
+
+def read_journal(out: Path, header: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The verified records of ``out``'s journal, by channel. A journal written with other
+    settings (``header``) is an error; a record that fails :func:`_done` is not done."""
+    path = out / JOURNAL
+    if not path.is_file():
+        return {}
+    return {
+        record["unit"]: record
+        for record in journal_records(path, header)
+        if isinstance(record.get("unit"), int) and _done(out, record)
+    }
 
 
 def maximize_into(
