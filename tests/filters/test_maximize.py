@@ -235,3 +235,31 @@ def test_the_redirected_relu_keeps_an_in_place_relu_in_place(relu):
     torch.testing.assert_close(hidden, x.detach().clamp(min=0))
     (grad,) = torch.autograd.grad(-(hidden * weights).sum(), x)
     assert (-grad).tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.5]]
+
+
+def test_the_redirected_relu_reads_a_channels_last_gradient_without_copying_it():
+    """Which images have an ordinary gradient is read from the gradient in its memory
+    order (a channels-last one is not copied); the redirected gradient is the same as for
+    the contiguous tensor, image by image."""
+    from xaikit.filters._relu import RedirectedReLU, _rows
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 6)
+    x[1] = -x[1].abs() - 0.1  # image 1 all negative: no ordinary gradient anywhere
+    weights = torch.randn(3, 4, 5, 6)
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        leaf = x.contiguous(memory_format=layout).requires_grad_(True)
+        with RedirectedReLU():
+            out = torch.relu(leaf * 1.0)
+        (grad,) = torch.autograd.grad(-(out * weights).sum(), leaf)
+        grads.append(grad)
+    assert torch.equal(grads[0], grads[1])
+    assert bool((grads[0][1] != 0).any())  # the redirect let some through for image 1
+    assert torch.equal(grads[0][1] != 0, (weights[1] > 0))  # where ascent raises the score
+
+    last = x.contiguous(memory_format=torch.channels_last)
+    rows = _rows(last)
+    assert rows.data_ptr() == last.data_ptr() and rows.shape == (3, 120)
+    for image in range(3):
+        assert torch.equal(rows[image].sort().values, x[image].flatten().sort().values)

@@ -10,12 +10,8 @@ from torch import nn
 
 from xaikit.filters import maximize
 from xaikit.filters.param import COLOR_DECORRELATION, _decorrelate
-from xaikit.filters.render_form import (
-    _ChannelSparseGrad,
-    _SpaceToDepth,
-    find_pairs,
-    render_form,
-)
+from xaikit.filters.render_form import find_pairs, render_form
+from xaikit.filters.render_grads import ChannelSparseGrad, SpaceToDepth
 from xaikit.filters.transforms import _affine_grid
 
 
@@ -162,7 +158,7 @@ def test_the_space_to_depth_gradient_equals_the_convolutions(
     expected = torch.nn.grad.conv2d_input(
         x.shape, conv.weight, grad, stride=stride, padding=padding
     )
-    form = _SpaceToDepth.of(conv, conv.weight.detach())
+    form = SpaceToDepth.of(conv, conv.weight.detach())
     assert form is not None
     got = form.input_grad(grad, x.shape)
     assert got is not None and got.shape == x.shape
@@ -172,7 +168,7 @@ def test_the_space_to_depth_gradient_equals_the_convolutions(
 def test_a_geometry_that_needs_a_crop_falls_back_to_the_layers_own_backward():
     conv = nn.Conv2d(3, 4, 2, stride=2)  # a 5-pixel side: its last row is never read
     x = torch.randn(2, 3, 5, 5)
-    form = _SpaceToDepth.of(conv, conv.weight.detach())
+    form = SpaceToDepth.of(conv, conv.weight.detach())
     assert form is not None and form.input_grad(torch.ones(2, 4, 2, 2), x.shape) is None
     leaf = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(conv(leaf).sum(), leaf)
@@ -208,7 +204,7 @@ def test_the_sparse_input_gradient_equals_the_dense_one(read, stride, padding):
     leaf = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(objective(conv(leaf)), leaf)
     leaf = x.clone().requires_grad_(True)
-    out = _ChannelSparseGrad.apply(leaf, forward, conv, conv.weight)
+    out = ChannelSparseGrad.apply(leaf, forward, conv, conv.weight)
     assert torch.equal(out, conv(x))
     (got,) = torch.autograd.grad(objective(out), leaf)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6 * float(expected.abs().max()))
@@ -261,12 +257,12 @@ def test_a_relu_whose_output_is_also_read_elsewhere_keeps_its_place():
 
 
 def test_only_plain_strided_convolutions_on_few_channels_take_the_form():
-    assert _SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=1), torch.zeros(4, 3, 3, 3)) is None
-    assert _SpaceToDepth.of(nn.Conv2d(16, 4, 3, stride=2), torch.zeros(4, 16, 3, 3)) is None
-    assert _SpaceToDepth.of(nn.Conv2d(3, 6, 3, stride=2, groups=3), torch.zeros(6, 1, 3, 3)) is None
-    assert _SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=(2, 1)), torch.zeros(4, 3, 3, 3)) is None
+    assert SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=1), torch.zeros(4, 3, 3, 3)) is None
+    assert SpaceToDepth.of(nn.Conv2d(16, 4, 3, stride=2), torch.zeros(4, 16, 3, 3)) is None
+    assert SpaceToDepth.of(nn.Conv2d(3, 6, 3, stride=2, groups=3), torch.zeros(6, 1, 3, 3)) is None
+    assert SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=(2, 1)), torch.zeros(4, 3, 3, 3)) is None
     assert (
-        _SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=2, dilation=2), torch.zeros(4, 3, 3, 3)) is None
+        SpaceToDepth.of(nn.Conv2d(3, 4, 3, stride=2, dilation=2), torch.zeros(4, 3, 3, 3)) is None
     )
 
 

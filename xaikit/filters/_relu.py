@@ -55,13 +55,22 @@ class _RedirectedReLUInplace(torch.autograd.Function):
 def _redirected(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The redirected gradient at a ReLU whose input (or output) is ``x``."""
     relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # ReLU's own backward
-    alive = relu_grad.reshape(relu_grad.shape[0], -1).any(dim=1)
+    rows = _rows(relu_grad)
+    alive = (rows.amax(dim=1) != 0) | (rows.amin(dim=1) != 0)  # vectorized, unlike any()
     if bool(alive.all()):  # the common case: every element has an ordinary gradient
         return relu_grad
     dead = ~alive.reshape(-1, *([1] * (x.dim() - 1)))
     # grad is d(loss)/d(output) for a loss being minimized: at a negative input a negative
     # grad pushes the input up, towards firing; that part is let through.
     return torch.where(dead & (x <= 0) & (grad < 0), grad, relu_grad)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as (N, -1), one row per batch element, in memory order: a view of a
+    channels-last tensor too (``t.reshape(N, -1)`` would copy it: 6 ms of an (8, 64, 64, 64)
+    gradient)."""
+    order = sorted(range(1, t.dim()), key=lambda i: -t.stride(i))
+    return t.permute(0, *order).reshape(t.shape[0], -1)
 
 
 _INPLACE = {torch.relu_, F.relu_, torch.Tensor.relu_}

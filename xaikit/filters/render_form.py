@@ -52,6 +52,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xaikit.filters.render_grads import (
+    ChannelSparseGrad,
+    GradientBuffer,
+    PooledReLU,
+    SpaceToDepth,
+    SpaceToDepthGrad,
+)
 from xaikit.lrp.canonizers import merge_batchnorm
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -188,18 +195,27 @@ def _function_mode_active() -> bool:
     return True if depth is None else bool(depth())
 
 
-def _relu_after(pool: nn.Module) -> Callable[[Tensor], Tensor]:
+def _relu_after(pool: nn.Module, relu: nn.Module) -> Callable[[Tensor], Tensor]:
     """Max pooling then ReLU: equal to ReLU then max pooling (the maximum commutes with a
     non-decreasing function), with the ReLU and its backward on the pooled, smaller
-    tensor; every gradient the same, since the maximum is found at the same place."""
+    tensor; every gradient the same, since the maximum is found at the same place. The
+    pooling's input gradient is written into one buffer reused step after step
+    (:class:`~xaikit.filters.render_grads.PooledReLU`)."""
 
     def forward(x: Tensor) -> Tensor:
+        buffered = x.requires_grad and x.dim() == 4
         if _function_mode_active():
             # a function mode is on (the redirected ReLU of a render's first steps): its
             # gradient depends on where the ReLU sits, so the original order is kept
-            return nn.MaxPool2d.forward(pool, torch.relu(x))  # type: ignore[arg-type]
+            rectified = F.relu(x, inplace=bool(relu.inplace))  # as the ReLU module would
+            if buffered:
+                return PooledReLU.apply(rectified, pool, buffer, False)
+            return nn.MaxPool2d.forward(pool, rectified)  # type: ignore[arg-type]
+        if buffered:
+            return PooledReLU.apply(x, pool, buffer)
         return torch.relu(nn.MaxPool2d.forward(pool, x))  # type: ignore[arg-type]
 
+    buffer = GradientBuffer()
     return forward
 
 
@@ -207,7 +223,7 @@ def _conv_forward(
     conv: nn.Module,
     weight: Tensor,
     bias: Tensor | None,
-    strided: _SpaceToDepth | None,
+    strided: SpaceToDepth | None,
     sparse: bool = False,
 ) -> Callable[..., Tensor]:
     def forward(x: Tensor) -> Tensor:
@@ -218,7 +234,7 @@ def _conv_forward(
         def sparse_forward(x: Tensor) -> Tensor:
             if not x.requires_grad or x.dim() != 4:
                 return forward(x)
-            return _ChannelSparseGrad.apply(x, forward, conv, weight)
+            return ChannelSparseGrad.apply(x, forward, conv, weight)
 
         return sparse_forward
     if strided is None:
@@ -227,131 +243,9 @@ def _conv_forward(
     def strided_forward(x: Tensor) -> Tensor:
         if not x.requires_grad or x.dim() != 4:
             return forward(x)
-        return _SpaceToDepthGrad.apply(x, forward, strided)
+        return SpaceToDepthGrad.apply(x, forward, strided)
 
     return strided_forward
-
-
-#: input channels up to which a strided convolution's input gradient goes through its
-#: space-to-depth form (an image's 1-4 channels; wider inputs are PyTorch's fast case)
-SPACE_TO_DEPTH_CHANNELS = 4
-
-
-class _SpaceToDepth:
-    """A stride-``s`` 2-D convolution as a stride-1 one on the input's ``s x s`` phases:
-    ``y = conv(pad(x), w, stride=s) = conv(unshuffle(pad'(x), s), w2)``, where ``pad'``
-    pads the far sides so every kernel tap has its phase, and ``w2[o, c*s*s + r*s + t, a,
-    b] = w[o, c, s*a + r, s*b + t]`` (the kernel zero-padded to a multiple of ``s``)."""
-
-    def __init__(self, weight2: Tensor, stride: int, padding: tuple[int, int]) -> None:
-        self.weight2 = weight2
-        self.stride = stride
-        self.padding = padding
-
-    @classmethod
-    def of(cls, conv: nn.Module, weight: Tensor) -> _SpaceToDepth | None:
-        """The form for ``conv`` with ``weight``, or ``None`` where it does not apply."""
-        if not isinstance(conv, nn.Conv2d) or weight.dim() != 4:
-            return None
-        stride, dilation, padding = conv.stride, conv.dilation, conv.padding
-        if (
-            conv.groups != 1
-            or conv.padding_mode != "zeros"
-            or isinstance(padding, str)
-            or tuple(dilation) != (1, 1)
-            or stride[0] != stride[1]
-            or stride[0] < 2
-            or conv.in_channels > SPACE_TO_DEPTH_CHANNELS
-        ):
-            return None
-        s = int(stride[0])
-        out, inp, kh, kw = weight.shape
-        ph, pw = -(-kh // s) * s, -(-kw // s) * s
-        padded = F.pad(weight, (0, pw - kw, 0, ph - kh))
-        weight2 = (
-            padded.reshape(out, inp, ph // s, s, pw // s, s)
-            .permute(0, 1, 3, 5, 2, 4)
-            .reshape(out, inp * s * s, ph // s, pw // s)
-        )
-        layout = torch.contiguous_format if weight.is_contiguous() else torch.channels_last
-        return cls(weight2.contiguous(memory_format=layout), s, (int(padding[0]), int(padding[1])))
-
-    def input_grad(self, grad: Tensor, shape: torch.Size) -> Tensor | None:
-        """``d loss / d x`` (``x`` of ``shape``) from ``grad`` at the output; ``None`` when
-        the geometry needs a crop of the input (then the layer's own backward is used)."""
-        s = self.stride
-        n, c, height, width = shape
-        ph, pw = self.padding
-        out_h, out_w = grad.shape[2], grad.shape[3]
-        need_h = s * (out_h - 1) + self.weight2.shape[2] * s
-        need_w = s * (out_w - 1) + self.weight2.shape[3] * s
-        if need_h - height - ph < 0 or need_w - width - pw < 0:
-            return None
-        phases = torch.nn.grad.conv2d_input(
-            (n, c * s * s, need_h // s, need_w // s), self.weight2.to(grad.dtype), grad
-        )
-        return F.pixel_shuffle(phases, s)[:, :, ph : ph + height, pw : pw + width]
-
-
-class _SpaceToDepthGrad(torch.autograd.Function):
-    """The layer's own forward; the input gradient by :class:`_SpaceToDepth` (weights are
-    constants here: the render differentiates with respect to the image only)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, forward: Callable[[Tensor], Tensor], form: _SpaceToDepth
-    ) -> Tensor:
-        ctx.form, ctx.shape = form, x.shape
-        ctx.forward_fn = forward
-        ctx.save_for_backward(x)
-        return forward(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
-        grad_x = ctx.form.input_grad(grad, ctx.shape)
-        if grad_x is None:  # a geometry the form does not cover: the layer's own backward
-            (x,) = ctx.saved_tensors
-            with torch.enable_grad():
-                x = x.detach().requires_grad_(True)
-                (grad_x,) = torch.autograd.grad(ctx.forward_fn(x), x, grad)
-        return grad_x, None, None
-
-
-class _ChannelSparseGrad(torch.autograd.Function):
-    """The layer's own forward; its input gradient from only the output channels that get
-    a gradient. A channel objective's gradient at the last convolution before the layer it
-    reads is one channel per image (through ReLU, BatchNorm and residual sums, which act per
-    channel), so its backward needs one output channel's weights per image: a grouped
-    transposed convolution, 1/C of the dense one. Dense gradients take the dense backward."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, forward: Callable[[Tensor], Tensor], conv: nn.Module, weight: Tensor
-    ) -> Tensor:
-        ctx.conv, ctx.weight, ctx.shape = conv, weight, x.shape
-        return forward(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        conv, weight, shape = ctx.conv, ctx.weight.to(grad.dtype), ctx.shape
-        geometry = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
-        batch, channels, height, width = grad.shape
-        live = grad.flatten(2).ne(0).any(dim=2)  # (B, C): the channels with a gradient
-        most = int(live.sum(dim=1).max())
-        if conv.groups != 1 or most * 4 > channels:  # dense: the layer's own backward
-            dense = torch.nn.grad.conv2d_input(shape, weight, grad, groups=conv.groups, **geometry)
-            return dense, None, None, None
-        most = max(most, 1)
-        index = live.to(grad.dtype).topk(most, dim=1).indices  # (B, m), live ones first
-        picked = grad.gather(1, index[:, :, None, None].expand(batch, most, height, width))
-        grad_x = torch.nn.grad.conv2d_input(
-            (1, batch * shape[1], *shape[2:]),
-            weight[index.flatten()],  # (B * m, C_in, k, k): each image's channels' weights
-            picked.reshape(1, batch * most, height, width),
-            groups=batch,
-            **geometry,
-        )
-        return grad_x.reshape(shape), None, None, None
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -425,7 +319,7 @@ def render_form(
     counts = {"folded": len(pairs), "channels_last": 0, "space_to_depth": 0, "pooled": 0}
     if pool_first:
         for relu, pool in trace.swaps.items():
-            forwards[relu], forwards[pool] = _identity, _relu_after(pool)
+            forwards[relu], forwards[pool] = _identity, _relu_after(pool, relu)
         counts["pooled"] = len(trace.swaps)
     with torch.no_grad():
         for conv in trace.ran:
@@ -439,7 +333,7 @@ def render_form(
             layout = channels_last and weight.dim() == 4
             if layout:
                 weight = weight.contiguous(memory_format=torch.channels_last)
-            strided = _SpaceToDepth.of(conv, weight) if space_to_depth else None
+            strided = SpaceToDepth.of(conv, weight) if space_to_depth else None
             sparse = (
                 sparse_grad
                 and conv is trace.last
