@@ -86,12 +86,16 @@ def test_to_numpy_and_save(zoo_multilabel, images, tmp_path):
         "scores",
         "probabilities",
         "degenerate",
+        "logits",
     }
     assert isinstance(arrays["maps"], np.ndarray)
+    with torch.no_grad():
+        np.testing.assert_allclose(arrays["logits"], zoo_multilabel(images).numpy(), atol=1e-6)
     path = result.save(tmp_path / "out")
     with np.load(path) as saved:
         np.testing.assert_array_equal(saved["maps"], arrays["maps"])
         np.testing.assert_array_equal(saved["targets"], arrays["targets"])
+        np.testing.assert_array_equal(saved["logits"], arrays["logits"])
     meta = json.loads((tmp_path / "out" / "explanation.json").read_text())
     assert meta["method"] == "gradcam" and meta["layer"] == "features.block2"
     assert meta["target_names"][0][0] in list("abcdef")

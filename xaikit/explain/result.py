@@ -89,8 +89,10 @@ class Explanation:
     def to_numpy(self) -> dict[str, np.ndarray]:
         """The tensors as NumPy arrays (on the CPU), keyed by attribute name."""
         arrays = {name: getattr(self, name).detach().cpu().numpy() for name in _ARRAYS}
-        if self.conservation is not None:
-            arrays["conservation"] = self.conservation.detach().cpu().numpy()
+        for name in ("conservation", "logits"):  # the optional ones, when present
+            value = getattr(self, name)
+            if value is not None:
+                arrays[name] = value.detach().cpu().numpy()
         return arrays
 
     def metadata(self) -> dict[str, Any]:
