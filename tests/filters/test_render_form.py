@@ -292,6 +292,58 @@ def test_a_fold_that_would_change_the_function_is_refused_by_the_check():
             assert torch.equal(model(x), expected)
 
 
+def test_only_the_change_that_alters_the_function_is_dropped():
+    """A block whose fold would change the function beside blocks whose folds do not, and
+    a ReLU read beside its pooling: the check drops those two changes and keeps the rest."""
+
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shared = _SharedOutput()  # its fold is refused
+            self.relu, self.pool = nn.ReLU(), nn.MaxPool2d(2)  # its swap is refused
+            self.body = nn.Sequential(
+                nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                nn.Conv2d(6, 5, 3, padding=1), nn.BatchNorm2d(5),
+            )  # fmt: skip
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.relu(self.shared(x))
+            return self.body(self.pool(y)) + y.mean()
+
+    model = _randomized_bn(Mixed())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    with render_form(model, lambda: {"out": model(x)}, channels_last=False) as counts:
+        assert counts == {"folded": 2, "channels_last": 0, "space_to_depth": 0, "pooled": 0}
+        overridden = {m for m in model.modules() if "forward" in m.__dict__}
+        assert overridden == {model.body[0], model.body[1], model.body[3], model.body[4]}
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_changes_that_pass_alone_but_not_together_are_all_dropped(monkeypatch):
+    import xaikit.filters.render_form as form
+
+    model = _randomized_bn(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    )
+    x = torch.randn(2, 3, 12, 12)
+    checks = []
+    real = form._same
+
+    def same(reference, now):  # as if the two folds only failed together
+        checks.append(sum("forward" in m.__dict__ for m in model.modules()))
+        return real(reference, now) and checks[-1] < 4
+
+    monkeypatch.setattr(form, "_same", same)
+    with render_form(model, lambda: {"out": model(x)}, channels_last=False) as counts:
+        assert counts["folded"] == 0
+        assert not any("forward" in m.__dict__ for m in model.modules())
+    assert checks == [4, 2, 2]  # all, then each alone: both pass, so together they fail
+
+
 def test_what_is_read_training_norms_and_subclasses_are_not_folded():
     class Standardized(nn.Conv2d):  # a weight-standardized convolution (timm's StdConv2d)
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -41,8 +41,10 @@ parameters and buffers are never written), and only on modules whose class compu
 ``nn.Conv*d`` / ``nn.BatchNorm*d`` / ``nn.ReLU`` / ``nn.MaxPool2d`` (a subclass with its
 own ``forward``, e.g. timm's weight-standardized convolutions, is left alone). What pairs
 with what is found by one traced forward pass on a probe input; the form is kept only if the
-layers the render reads give the same values on that probe (to 1e-4 of their scale), else
-the network runs as it is. Undone on exit, exception or not.
+layers the render reads give the same values on that probe (to 1e-4 of their scale). When
+they do not, each change (a fold, a moved ReLU, a convolution's weights) is checked alone
+and those that keep the values are kept, if together they still do; else the network runs
+as it is. Undone on exit, exception or not.
 """
 
 from __future__ import annotations
@@ -252,6 +254,27 @@ def _conv_forward(
     return strided_forward
 
 
+@dataclass
+class _Change:
+    """Overrides that go together (a convolution and the BatchNorm folded into it; a ReLU
+    and the max pooling it moves after), and what they count for."""
+
+    forwards: dict[nn.Module, Callable[..., Tensor]]
+    folded: int = 0
+    channels_last: int = 0
+    space_to_depth: int = 0
+    pooled: int = 0
+
+
+def _counts(changes: list[_Change]) -> dict[str, int]:
+    names = ("folded", "channels_last", "space_to_depth", "pooled")
+    return {name: sum(getattr(change, name) for change in changes) for name in names}
+
+
+def _merged(changes: list[_Change]) -> dict[nn.Module, Callable[..., Tensor]]:
+    return {module: f for change in changes for module, f in change.forwards.items()}
+
+
 def _identity(x: Tensor) -> Tensor:
     return x
 
@@ -300,7 +323,9 @@ def render_form(
         model: the network (its parameters are read, never written).
         run: one forward pass on a probe input, returning the values the render reads
             (``{name: tensor}``: captured layers, the output); called three times (a
-            trace, the reference, the check).
+            trace, the reference, the check), and when the check fails once per change
+            and once more: the changes that alone keep the values are kept, if together
+            they still do.
         keep: modules whose own output is read (never folded into).
         fold: fold BatchNorms into their convolutions.
         channels_last: use 4-D convolution weights in channels-last order.
@@ -313,18 +338,16 @@ def render_form(
     Yields:
         ``{"folded", "channels_last", "space_to_depth", "pooled"}``: how many BatchNorms
         were folded, convolutions read channels-last weights or take their input gradient by
-        the space-to-depth form, ReLUs moved after their max pooling (all 0 when the form
-        was not kept).
+        the space-to-depth form, ReLUs moved after their max pooling (of the changes kept;
+        all 0 when none was).
     """
     keep = list(keep)
     trace = _trace(model, run, keep)
     pairs = trace.folds if fold else {}
-    forwards: dict[nn.Module, Callable[..., Tensor]] = {}
-    counts = {"folded": len(pairs), "channels_last": 0, "space_to_depth": 0, "pooled": 0}
+    changes: list[_Change] = []
     if pool_first:
         for relu, pool in trace.swaps.items():
-            forwards[relu], forwards[pool] = _identity, _relu_after(pool, relu)
-        counts["pooled"] = len(trace.swaps)
+            changes.append(_Change({relu: _identity, pool: _relu_after(pool, relu)}, pooled=1))
     with torch.no_grad():
         for conv in trace.ran:
             bn = pairs.get(conv)
@@ -347,21 +370,33 @@ def render_form(
             )
             if bn is None and not layout and strided is None and not sparse:
                 continue
-            forwards[conv] = _conv_forward(conv, weight, bias, strided, sparse)
+            forwards = {conv: _conv_forward(conv, weight, bias, strided, sparse)}
             if bn is not None:
                 forwards[bn] = _identity
-            counts["channels_last"] += int(layout)
-            counts["space_to_depth"] += int(strided is not None)
-    none = dict.fromkeys(counts, 0)
-    if not forwards:
-        yield none
+            changes.append(
+                _Change(
+                    forwards,
+                    folded=int(bn is not None),
+                    channels_last=int(layout),
+                    space_to_depth=int(strided is not None),
+                )
+            )
+    if not changes:
+        yield _counts([])
         return
     with torch.no_grad():
         reference = {name: t.detach().clone() for name, t in run().items()}
-    with _overridden(forwards):
-        with torch.no_grad():
-            kept = _same(reference, {name: t.detach() for name, t in run().items()})
-        if kept:
-            yield counts
-            return
-    yield none
+
+    def same_with(chosen: list[_Change]) -> bool:
+        with _overridden(_merged(chosen)), torch.no_grad():
+            return _same(reference, {name: t.detach() for name, t in run().items()})
+
+    kept = changes
+    if not same_with(changes):
+        # one change alters what the render reads (a conv output read twice, a ReLU output
+        # read beside its pooling): keep the ones that do not, if together they still do not
+        kept = [change for change in changes if same_with([change])]
+        if len(kept) == len(changes) or (kept and not same_with(kept)):
+            kept = []
+    with _overridden(_merged(kept)):
+        yield _counts(kept)
