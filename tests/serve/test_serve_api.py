@@ -277,6 +277,30 @@ def test_a_running_job_stops_at_its_next_check():
     runner.close()
 
 
+def test_the_job_table_stays_bounded_however_many_views_a_client_names():
+    runner = JobRunner(max_jobs=8)
+    release, entered = threading.Event(), threading.Event()
+
+    def slow(ctx):
+        entered.set()
+        release.wait(30)
+        return "slow"
+
+    running = runner.submit("long view", "test", slow)
+    assert entered.wait(10)
+    finished = [runner.finished(f"view {i}", "test", i) for i in range(500)]
+    # the running job stays, and does not keep the finished ones after it from going
+    assert runner.get(running.id) is running
+    assert len(runner._jobs) == 8 and len(runner._current) == 8
+    assert [runner.get(job.id) for job in finished[-7:]] == finished[-7:]
+    assert runner.get(finished[0].id) is None
+    release.set()
+    assert running.wait(10) and running.result == "slow"
+    runner.finished("view 499", "test", "again")  # a view seen again: still one name
+    assert len(runner._current) <= 8 and len(runner._jobs) == 8
+    runner.close()
+
+
 def test_the_cache_is_bounded_in_count_and_bytes():
     cache = LRUCache(max_items=2, max_bytes=100)
     cache.put("a", 1, 10)

@@ -207,11 +207,20 @@ class JobRunner:
                 self._cancel(self._jobs[previous])
             self._jobs[job.id] = job
             self._current[job.view] = job.id
-            while len(self._jobs) > self.max_jobs:
-                old_id, old = next(iter(self._jobs.items()))
-                if old.status not in FINISHED:
-                    break
-                del self._jobs[old_id]
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        """Drop the oldest finished jobs beyond ``max_jobs`` (a running or queued one stays,
+        and does not keep finished jobs after it from going), and the view names that only
+        they were the latest of: the tables stay bounded however many views a client names."""
+        excess = len(self._jobs) - self.max_jobs
+        if excess <= 0:
+            return
+        old = [job for job in self._jobs.values() if job.status in FINISHED][:excess]
+        for job in old:
+            del self._jobs[job.id]
+            if self._current.get(job.view) == job.id:
+                del self._current[job.view]
 
     def submit(self, view: str, kind: str, work: Work, batch: Batch | None = None) -> Job:
         """Queue ``work`` as a new job of ``view``; the view's previous job is cancelled.
