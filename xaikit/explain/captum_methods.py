@@ -122,6 +122,7 @@ from xaikit.explain.gradients import (
     reduce_channels,
     seeded_global_rng,
 )
+from xaikit.explain.replay import ReplayedForward
 from xaikit.explain.state import borrowed
 
 #: The seed of the stochastic methods when ``seed=None``.
@@ -862,9 +863,14 @@ def _surrogate(
     n, k = t.shape
     out = x.new_empty((n, k, *x.shape[1:]))
     with _lent(forward):
-        explainer = make(_checked(forward, t))
+        checked = _checked(forward, t)
         for i in range(n):
+            # every target of input i draws the same perturbations (the same seed): their
+            # forward passes run once, for the first target (xaikit.explain.replay)
+            replay = ReplayedForward(checked)
+            explainer = make(replay)
             for j in range(k):
+                replay.next_target()
                 with seeded_rngs(noise_seed(seed, first_index + i), x.device):
                     out[i, j] = explainer.attribute(
                         x[i : i + 1],
