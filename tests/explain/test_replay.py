@@ -58,7 +58,7 @@ def test_explain_with_several_labels_runs_the_perturbations_once(zoo_multilabel,
     assert model.images == single.images
 
 
-def test_a_different_input_is_computed_not_replayed():
+def test_a_different_input_or_generator_state_is_computed_not_replayed():
     seen = []
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -69,11 +69,37 @@ def test_a_different_input_is_computed_not_replayed():
     a, b = torch.rand(2, 4), torch.rand(2, 4)
     first = [replay(a), replay(b)]
     replay.next_target()
-    again = replay(a)
-    changed = replay(a + 1e-7)  # one value moved by one ulp-ish step: computed
-    assert torch.equal(again, first[0]) and torch.equal(changed, (a + 1e-7)[:, :3] * 2)
-    assert replay.computed == 3 and replay.replayed == 1 and len(seen) == 3
+    nudged = a.clone()
+    nudged[1, 3] = torch.nextafter(a[1, 3], torch.tensor(2.0))  # one float step, at call 0
+    assert torch.equal(replay(nudged), nudged[:, :3] * 2)
+    assert replay.computed == 3 and replay.replayed == 0
+    replay.next_target()
+    assert torch.equal(replay(a), first[0]) and replay.replayed == 1
+    assert len(seen) == 3
+    replay.next_target()
+    torch.rand(1)  # the global generator moved on since the first call: computed
+    replay(a)
+    assert replay.computed == 4 and replay.replayed == 1
     replay.next_target()
     wider = torch.rand(3, 4)
     assert torch.equal(replay(wider), wider[:, :3] * 2)  # another shape there: computed
-    assert replay.computed == 4 and replay.replayed == 1
+    assert replay.computed == 5
+
+
+def test_a_forward_that_draws_gets_the_same_numbers_as_one_call_per_target():
+    """Dropout in training mode draws from torch's generator in every pass: a replayed pass
+    moves the generator on as running it would, so later perturbations are the same."""
+    torch.manual_seed(0)
+    weights = torch.randn(3 * 8 * 8, 6)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(x.flatten(1) @ weights, 0.5, training=True)
+
+    x = torch.rand(1, 3, 8, 8)
+    options = dict(seed=3, segments=4, n_samples=12, internal_batch_size=4)
+    for method in (lime, kernelshap):
+        together = method(forward, x, torch.tensor([[1, 4, 2]]), **options)
+        alone = torch.cat(
+            [method(forward, x, torch.tensor([[t]]), **options) for t in (1, 4, 2)], dim=1
+        )
+        assert torch.equal(together, alone)

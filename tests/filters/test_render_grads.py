@@ -106,3 +106,21 @@ def test_the_channels_last_pixel_shuffle_is_pixel_shuffle(shape, s):
     phases = torch.randn(n, h, w, c).permute(0, 3, 1, 2)  # channels-last, as oneDNN gives
     assert torch.equal(_pixel_shuffle(phases, s), F.pixel_shuffle(phases, s))
     assert torch.equal(_pixel_shuffle(phases.contiguous(), s), F.pixel_shuffle(phases, s))
+
+
+def test_a_second_derivative_goes_through_the_plain_ops():
+    """With ``create_graph=True`` the backward runs the pooling's differentiable op (no
+    reused buffer, which autograd cannot record): the same second derivative as PyTorch's."""
+    x = _input(torch.channels_last).requires_grad_(True)
+    weights = torch.randn(2, 5, 6, 5)
+    results = []
+    for layer in (
+        lambda t: F.relu(POOLS[0](t)),
+        lambda t: PooledReLU.apply(t, POOLS[0], GradientBuffer()),
+    ):
+        (grad,) = torch.autograd.grad((layer(x * x) * weights).sum(), x, create_graph=True)
+        (second,) = torch.autograd.grad(grad.square().sum(), x)
+        results.append((grad, second))
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-6)
+    assert float(results[1][1].abs().max()) > 0

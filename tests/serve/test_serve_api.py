@@ -301,6 +301,18 @@ def test_the_job_table_stays_bounded_however_many_views_a_client_names():
     runner.close()
 
 
+def test_a_cached_job_is_kept_when_every_older_job_is_still_running():
+    runner = JobRunner(max_jobs=2)
+    release = threading.Event()
+    slow = [runner.submit(f"slow {i}", "test", lambda ctx: release.wait(30)) for i in range(2)]
+    cached = runner.finished("cached view", "test", 42)
+    assert runner.get(cached.id) is cached  # its client polls it next
+    assert runner._current["cached view"] == cached.id
+    release.set()
+    assert all(job.wait(10) for job in slow)
+    runner.close()
+
+
 def test_the_cache_is_bounded_in_count_and_bytes():
     cache = LRUCache(max_items=2, max_bytes=100)
     cache.put("a", 1, 10)

@@ -867,10 +867,11 @@ def _surrogate(
         for i in range(n):
             # every target of input i draws the same perturbations (the same seed): their
             # forward passes run once, for the first target (xaikit.explain.replay)
-            replay = ReplayedForward(checked)
-            explainer = make(replay)
+            replay = ReplayedForward(checked) if k > 1 else None
+            explainer = make(checked if replay is None else replay)
             for j in range(k):
-                replay.next_target()
+                if replay is not None:
+                    replay.next_target()
                 with seeded_rngs(noise_seed(seed, first_index + i), x.device):
                     out[i, j] = explainer.attribute(
                         x[i : i + 1],

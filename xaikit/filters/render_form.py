@@ -324,8 +324,8 @@ def render_form(
         run: one forward pass on a probe input, returning the values the render reads
             (``{name: tensor}``: captured layers, the output); called three times (a
             trace, the reference, the check), and when the check fails once per change
-            and once more: the changes that alone keep the values are kept, if together
-            they still do.
+            (and once more when some but not all of them pass alone): the changes that
+            alone keep the values are kept, if together they still do.
         keep: modules whose own output is read (never folded into).
         fold: fold BatchNorms into their convolutions.
         channels_last: use 4-D convolution weights in channels-last order.

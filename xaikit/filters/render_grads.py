@@ -189,7 +189,8 @@ class PooledReLU(torch.autograd.Function):
     """``relu(max_pool2d(x))`` (equal to ``max_pool2d(relu(x))``), or the pooling alone
     (``rectify=False``), with the pooling's input gradient written into a
     :class:`GradientBuffer`: the same numbers as the layers' own backward passes
-    (``threshold_backward``, then ``max_pool2d_with_indices_backward``)."""
+    (``threshold_backward``, then ``max_pool2d_with_indices_backward``). Under
+    ``create_graph=True`` the backward uses no buffer, so a second derivative is recorded."""
 
     @staticmethod
     def forward(
@@ -209,6 +210,11 @@ class PooledReLU(torch.autograd.Function):
         if ctx.rectify:
             grad = torch.ops.aten.threshold_backward(grad, out, 0)  # the ReLU's own backward
         kernel, stride, padding, dilation, ceil_mode = ctx.geometry
+        if torch.is_grad_enabled():  # create_graph=True: differentiable ops, no out= buffer
+            grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+                grad, x, kernel, stride, padding, dilation, ceil_mode, indices
+            )
+            return grad_x, None, None, None
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
             grad,
             x,

@@ -207,17 +207,18 @@ class JobRunner:
                 self._cancel(self._jobs[previous])
             self._jobs[job.id] = job
             self._current[job.view] = job.id
-            self._forget_oldest()
+            self._forget_oldest(job)
 
-    def _forget_oldest(self) -> None:
+    def _forget_oldest(self, newest: Job) -> None:
         """Drop the oldest finished jobs beyond ``max_jobs`` (a running or queued one stays,
-        and does not keep finished jobs after it from going), and the view names that only
-        they were the latest of: the tables stay bounded however many views a client names."""
+        and does not keep finished jobs after it from going; ``newest``, just handed to its
+        client, always stays), and the view names that only they were the latest of: the
+        tables stay bounded however many views a client names."""
         excess = len(self._jobs) - self.max_jobs
         if excess <= 0:
             return
-        old = [job for job in self._jobs.values() if job.status in FINISHED][:excess]
-        for job in old:
+        finished = [j for j in self._jobs.values() if j.status in FINISHED and j is not newest]
+        for job in finished[:excess]:
             del self._jobs[job.id]
             if self._current.get(job.view) == job.id:
                 del self._current[job.view]
