@@ -3,6 +3,8 @@ reused gradient buffer never handed out while something still holds it."""
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,3 +126,14 @@ def test_a_second_derivative_goes_through_the_plain_ops():
     assert torch.equal(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-6)
     assert float(results[1][1].abs().max()) > 0
+
+
+def test_without_the_reference_queries_nothing_is_reused(monkeypatch):
+    def handed_out_twice() -> bool:
+        buffer = GradientBuffer()
+        first = weakref.ref(buffer.like(torch.empty(2, 3, 4, 4)))  # only the buffer holds it
+        return buffer.like(torch.empty(2, 3, 4, 4)) is first()
+
+    assert handed_out_twice()
+    monkeypatch.delattr(torch._C, "_storage_Use_Count")  # an older torch
+    assert not handed_out_twice()

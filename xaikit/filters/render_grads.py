@@ -148,12 +148,16 @@ class ChannelSparseGrad(torch.autograd.Function):
         return grad_x.reshape(shape), None, None, None
 
 
-def _holders(t: Tensor) -> tuple[int, int, int]:
+def _holders(t: Tensor) -> tuple[int, int, int] | None:
     """Who holds ``t``: Python references, references to the tensor from C++ (autograd's
-    saved tensors), and tensors sharing its memory (views). Only comparing two calls from
-    the same place means anything (each counts its own handles)."""
-    storage = int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
-    return sys.getrefcount(t), t._use_count(), storage
+    saved tensors), and tensors sharing its memory (views); ``None`` on a torch without
+    these queries (then nothing is reused). Only comparing two calls from the same place
+    means anything (each counts its own handles)."""
+    use_count = getattr(t, "_use_count", None)
+    storage_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None or storage_count is None:
+        return None
+    return sys.getrefcount(t), int(use_count()), int(storage_count(t.untyped_storage()._cdata))
 
 
 class GradientBuffer:
@@ -165,7 +169,7 @@ class GradientBuffer:
 
     def __init__(self) -> None:
         self._tensor: Tensor | None = None
-        self._free: tuple[int, int, int] = (0, 0, 0)
+        self._free: tuple[int, int, int] | None = None
 
     def like(self, x: Tensor) -> Tensor:
         """An uninitialized tensor of ``x``'s shape, strides, dtype and device."""
@@ -176,6 +180,7 @@ class GradientBuffer:
             and held.stride() == x.stride()
             and held.dtype == x.dtype
             and held.device == x.device
+            and self._free is not None
             and _holders(held) == self._free
         ):
             return held
