@@ -137,3 +137,40 @@ def test_without_the_reference_queries_nothing_is_reused(monkeypatch):
     assert handed_out_twice()
     monkeypatch.delattr(torch._C, "_storage_Use_Count")  # an older torch
     assert not handed_out_twice()
+
+
+def test_a_render_through_the_pooled_relu_is_the_render_through_the_layers_own_ops(
+    monkeypatch,
+):
+    """maximize on a ResNet stem in its fast form, with and without the buffered pooling:
+    the same images, bit for bit, over the redirected-ReLU steps and the plain ones, and the
+    pooling's gradient buffer is used (one allocation for all steps)."""
+    import torchvision
+
+    import xaikit.filters.render_form as form
+    from xaikit.filters import maximize
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    model = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
+    options = dict(steps=6, size=48, seed=0, quiet=True, redirect_relu=3)
+    allocations = []
+    real_like = GradientBuffer.like
+
+    def counted(self, x):
+        before = id(self._tensor)  # no reference kept: one would block the reuse
+        out = real_like(self, x)
+        if id(out) != before:  # a new tensor (made while the old one was still held)
+            allocations.append(out.shape)
+        return out
+
+    monkeypatch.setattr(GradientBuffer, "like", counted)
+    buffered = maximize(model, "4", [0, 3, 5], **options).images
+    assert allocations == [torch.Size([3, 64, 24, 24])]  # once, then reused
+
+    def plain(x, pool, buffer, rectify=True):  # the layers' own ops, autograd's backward
+        pooled = nn.MaxPool2d.forward(pool, x)
+        return torch.relu(pooled) if rectify else pooled
+
+    monkeypatch.setattr(form.PooledReLU, "apply", plain)
+    assert torch.equal(maximize(model, "4", [0, 3, 5], **options).images, buffered)
