@@ -15,13 +15,14 @@ one target's forward passes instead of ``K`` times them, with the same numbers.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from xaikit.train.state import get_rng_state, set_rng_state
 
 #: seeds the projection vectors (any fixed value: they only need to tell inputs apart)
 _PROJECTION_SEED = 0x5EED
@@ -35,36 +36,18 @@ def fingerprint(x: Tensor, weights: Tensor) -> tuple[float, ...]:
     return tuple((rows @ weights).tolist())
 
 
-def rng_states(device: torch.device) -> tuple[Any, ...]:
-    """The global generators a forward pass may draw from: torch's CPU one (and ``device``'s
-    when it is not the CPU), numpy's and Python's."""
-    on_device = None
-    if device.type == "cuda":
-        on_device = torch.cuda.get_rng_state(device)
-    return torch.get_rng_state(), on_device, np.random.get_state(), random.getstate()
-
-
-def _same_states(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    torch_a, device_a, numpy_a, python_a = a
-    torch_b, device_b, numpy_b, python_b = b
-    return (
-        torch.equal(torch_a, torch_b)
-        and (device_a is None) == (device_b is None)
-        and (device_a is None or torch.equal(device_a, device_b))
-        and numpy_a[0] == numpy_b[0]
-        and np.array_equal(numpy_a[1], numpy_b[1])
-        and tuple(numpy_a[2:]) == tuple(numpy_b[2:])
-        and python_a == python_b
-    )
-
-
-def _set_states(states: tuple[Any, ...], device: torch.device) -> None:
-    torch_state, device_state, numpy_state, python_state = states
-    torch.set_rng_state(torch_state)
-    if device_state is not None:
-        torch.cuda.set_rng_state(device_state, device)
-    np.random.set_state(numpy_state)
-    random.setstate(python_state)
+def _same_states(a: Any, b: Any) -> bool:
+    """Two :func:`~xaikit.train.state.get_rng_state` results are equal (nested dicts of
+    tensors and numbers)."""
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(_same_states(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, Tensor):
+        return isinstance(b, Tensor) and torch.equal(a, b)
+    return bool(a == b)
 
 
 class ReplayedForward:
@@ -97,33 +80,28 @@ class ReplayedForward:
 
     def __call__(self, x: Tensor) -> Tensor:
         key = self._key(x)
-        before = rng_states(x.device)
+        before = get_rng_state(x.device, host=True)
         position = self._position
         self._position += 1
         if position < len(self._calls):
             call = self._calls[position]
             if call.key == key and _same_states(call.before, before):
-                _set_states(call.after, x.device)  # where running it would leave them
+                set_rng_state(call.after, x.device)  # where running it would leave them
                 self.replayed += 1
                 return call.out
         out = self.forward(x)
         self.computed += 1
         if position == len(self._calls) and isinstance(out, Tensor):
-            self._calls.append(_Call(key, before, rng_states(x.device), out.detach()))
+            self._calls.append(_Call(key, before, get_rng_state(x.device, host=True), out.detach()))
         return out
 
 
+@dataclass(frozen=True)
 class _Call:
     """One forward pass of the first target: its input's key, the generators before and
     after it, its outputs."""
 
-    __slots__ = ("after", "before", "key", "out")
-
-    def __init__(
-        self,
-        key: tuple[tuple[int, ...], tuple[float, ...]],
-        before: tuple[Any, ...],
-        after: tuple[Any, ...],
-        out: Tensor,
-    ) -> None:
-        self.key, self.before, self.after, self.out = key, before, after, out
+    key: tuple[tuple[int, ...], tuple[float, ...]]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    out: Tensor
